@@ -1,0 +1,173 @@
+//! Builders for the Kubernetes objects tests feed the model and the syncer.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+use crate::model::SERVICE_NAME_LABEL;
+
+fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn add_label(meta: &mut ObjectMeta, key: &str, value: &str) {
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.into(), value.into());
+}
+
+/// A ClusterIP Service with no ports yet.
+pub fn service(ns: &str, name: &str, cluster_ip: &str) -> ServiceBuilder {
+    ServiceBuilder(Service {
+        metadata: meta(ns, name),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip.into()),
+            cluster_ips: Some(vec![cluster_ip.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+pub struct ServiceBuilder(Service);
+
+impl ServiceBuilder {
+    fn spec(&mut self) -> &mut ServiceSpec {
+        self.0.spec.get_or_insert_with(Default::default)
+    }
+
+    /// A port whose targetPort is named like the port, as most charts write it.
+    pub fn port(mut self, name: &str, port: i32, protocol: &str) -> Self {
+        self.spec()
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(ServicePort {
+                name: (!name.is_empty()).then(|| name.into()),
+                port,
+                protocol: Some(protocol.into()),
+                target_port: Some(IntOrString::String(name.into())),
+                ..Default::default()
+            });
+        self
+    }
+
+    pub fn cluster_ips(mut self, ips: &[&str]) -> Self {
+        let spec = self.spec();
+        spec.cluster_ip = ips.first().map(|ip| ip.to_string());
+        spec.cluster_ips = Some(ips.iter().map(|ip| ip.to_string()).collect());
+        self
+    }
+
+    pub fn type_(mut self, t: &str) -> Self {
+        self.spec().type_ = Some(t.into());
+        self
+    }
+
+    pub fn publish_not_ready(mut self) -> Self {
+        self.spec().publish_not_ready_addresses = Some(true);
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        add_label(&mut self.0.metadata, key, value);
+        self
+    }
+
+    pub fn build(self) -> Service {
+        self.0
+    }
+}
+
+/// An IPv4 EndpointSlice of `service`, with no ports or endpoints yet.
+pub fn slice(ns: &str, name: &str, service: &str) -> SliceBuilder {
+    let mut metadata = meta(ns, name);
+    add_label(&mut metadata, SERVICE_NAME_LABEL, service);
+    SliceBuilder(EndpointSlice {
+        metadata,
+        address_type: "IPv4".into(),
+        endpoints: Vec::new(),
+        ports: None,
+    })
+}
+
+pub struct SliceBuilder(EndpointSlice);
+
+impl SliceBuilder {
+    pub fn port(mut self, name: &str, port: i32, protocol: &str) -> Self {
+        self.0
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(EndpointPort {
+                name: Some(name.into()),
+                port: Some(port),
+                protocol: Some(protocol.into()),
+                ..Default::default()
+            });
+        self
+    }
+
+    /// An endpoint with explicit conditions (`None` leaves a condition unset).
+    pub fn endpoint(
+        mut self,
+        addr: &str,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> Self {
+        self.0.endpoints.push(Endpoint {
+            addresses: vec![addr.into()],
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            }),
+            ..Default::default()
+        });
+        self
+    }
+
+    pub fn ready(self, addr: &str) -> Self {
+        self.endpoint(addr, Some(true), Some(true), Some(false))
+    }
+
+    pub fn not_ready(self, addr: &str) -> Self {
+        self.endpoint(addr, Some(false), Some(false), Some(false))
+    }
+
+    /// A terminating endpoint that still serves (as a pod in its grace period does).
+    pub fn terminating(self, addr: &str) -> Self {
+        self.endpoint(addr, Some(false), Some(true), Some(true))
+    }
+
+    /// Sets the node of the last endpoint added.
+    pub fn on_node(mut self, node: &str) -> Self {
+        if let Some(ep) = self.0.endpoints.last_mut() {
+            ep.node_name = Some(node.into());
+        }
+        self
+    }
+
+    pub fn address_type(mut self, t: &str) -> Self {
+        self.0.address_type = t.into();
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        add_label(&mut self.0.metadata, key, value);
+        self
+    }
+
+    pub fn build(self) -> EndpointSlice {
+        self.0
+    }
+}

@@ -1,0 +1,290 @@
+//! Loads the eBPF object: maps pinned by name under the pin directory (so a restarted agent
+//! finds the same maps, and their state, again), programs loaded into the kernel.
+
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapInfo, MapType},
+    programs::{ProgramError, SchedClassifier},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use lb_common::{
+    maps as names, Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend,
+    FrontendKey,
+};
+
+use crate::bpffs::{self, BpffsError};
+
+/// tc ingress on pod veths: what pods send.
+pub const FROM_POD: &str = "lb_from_pod";
+/// tc egress on pod veths: what reaches pods.
+pub const TO_POD: &str = "lb_to_pod";
+
+/// The datapath's aya-log level (the `AYA_LOG_LEVEL` global in the object).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfLogLevel {
+    #[default]
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl BpfLogLevel {
+    /// The value aya-log-ebpf compares its levels against (aya_log_common::Level; 0
+    /// disables every statement).
+    fn as_global(self) -> u8 {
+        match self {
+            BpfLogLevel::Off => 0,
+            BpfLogLevel::Error => 1,
+            BpfLogLevel::Warn => 2,
+            BpfLogLevel::Info => 3,
+            BpfLogLevel::Debug => 4,
+        }
+    }
+}
+
+/// The object built into this binary, if one existed when it was built.
+#[cfg(lb_embedded_object)]
+pub(crate) const EMBEDDED: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/lb-ebpf.o"
+)));
+#[cfg(not(lb_embedded_object))]
+pub(crate) const EMBEDDED: Option<&[u8]> = None;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("no eBPF object: this lb-agent was built without one embedded; build with `cargo xtask build` or pass --bpf-object")]
+    NoObject,
+    #[error("cannot read eBPF object {path}")]
+    ReadObject {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot inspect pinned map {path}")]
+    InspectPin {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
+    #[error("{path} was pinned by an incompatible build ({found}; this build needs {expected}); remove it and restart (its state is lost)")]
+    IncompatiblePin {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("loading the eBPF object failed")]
+    Load(#[from] EbpfError),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+}
+
+/// Where the eBPF object comes from.
+#[derive(Clone, Debug)]
+pub enum Object {
+    File(PathBuf),
+    Embedded,
+}
+
+/// Loads the object with its maps pinned under `pin_dir` (created on bpffs if needed) and
+/// both programs loaded, ready to attach.
+pub fn load(object: &Object, pin_dir: &Path, log_level: BpfLogLevel) -> Result<Ebpf, LoadError> {
+    let file;
+    let bytes = match object {
+        Object::File(path) => {
+            file = std::fs::read(path).map_err(|source| LoadError::ReadObject {
+                path: path.clone(),
+                source,
+            })?;
+            &file[..]
+        }
+        Object::Embedded => EMBEDDED.ok_or(LoadError::NoObject)?,
+    };
+    bpffs::prepare_pin_dir(pin_dir)?;
+    check_pinned_layouts(pin_dir)?;
+    let level = log_level.as_global();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        // Not required to exist: an object without any log statement has no such global.
+        .override_global(aya_log::LEVEL, &level, false)
+        .load(bytes)?;
+    for name in [FROM_POD, TO_POD] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(ebpf)
+}
+
+/// The type and key/value sizes each pinned map must have.
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
+    [
+        (
+            names::FRONTENDS,
+            MapType::Hash,
+            size_of::<FrontendKey>(),
+            size_of::<Frontend>(),
+        ),
+        (
+            names::BACKEND_SLOTS,
+            MapType::Hash,
+            size_of::<BackendSlotKey>(),
+            size_of::<BackendId>(),
+        ),
+        (
+            names::BACKENDS,
+            MapType::Hash,
+            size_of::<BackendId>(),
+            size_of::<Backend>(),
+        ),
+        (
+            names::CONNTRACK,
+            MapType::LruHash,
+            size_of::<CtKey>(),
+            size_of::<CtEntry>(),
+        ),
+        (
+            names::COUNTERS,
+            MapType::PerCpuArray,
+            size_of::<u32>(),
+            size_of::<u64>(),
+        ),
+        (
+            names::CONFIG,
+            MapType::Array,
+            size_of::<u32>(),
+            size_of::<Config>(),
+        ),
+    ]
+}
+
+/// aya reuses a pinned map by name without comparing it to the object's definition, so a
+/// map left by an older, incompatible build would be handed to the new programs. Refuse
+/// instead, and say which file to remove.
+fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
+    for (name, map_type, key, value) in expected_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| LoadError::InspectPin {
+            path: path.clone(),
+            source,
+        })?;
+        let found_type = info.map_type().map_err(|source| LoadError::InspectPin {
+            path: path.clone(),
+            source,
+        })?;
+        let found = (
+            found_type,
+            info.key_size() as usize,
+            info.value_size() as usize,
+        );
+        if found != (map_type, key, value) {
+            let show = |(t, k, v): (MapType, usize, usize)| {
+                format!("{t:?} with {k}-byte keys and {v}-byte values")
+            };
+            return Err(LoadError::IncompatiblePin {
+                path,
+                found: show(found),
+                expected: show((map_type, key, value)),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        maps::{aya::AyaMaps, DatapathMaps},
+        testing::{require_object, require_root, PinDir},
+    };
+    use aya::maps::MapData;
+
+    #[test]
+    fn a_missing_object_file_is_named() {
+        let err = load(
+            &Object::File("/nonexistent/lb-ebpf".into()),
+            Path::new("/nonexistent/pins"),
+            BpfLogLevel::Off,
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("/nonexistent/lb-ebpf"), "{err}");
+    }
+
+    #[test]
+    fn log_levels_match_aya_log() {
+        assert_eq!(BpfLogLevel::Off.as_global(), 0);
+        assert_eq!(BpfLogLevel::Error.as_global(), aya_log::Level::Error as u8);
+        assert_eq!(BpfLogLevel::Debug.as_global(), aya_log::Level::Debug as u8);
+    }
+
+    #[test]
+    fn maps_are_pinned_by_name_and_found_again_by_the_next_load() {
+        if !require_root("loading the eBPF object") || !require_object() {
+            return;
+        }
+        let pins = PinDir::new("loader-reuse");
+        let mut ebpf = load(&Object::Embedded, pins.path(), BpfLogLevel::Info).expect("first load");
+        for name in names::ALL {
+            assert!(pins.path().join(name).exists(), "{name} is not pinned");
+        }
+        let key = FrontendKey::new([10, 96, 0, 1].into(), 53, lb_common::proto::UDP);
+        let value = Frontend {
+            service_id: 9,
+            ..Default::default()
+        };
+        AyaMaps::from_ebpf(&mut ebpf)
+            .expect("maps")
+            .put_frontend(&key, &value)
+            .expect("write");
+        drop(ebpf);
+
+        let mut again =
+            load(&Object::Embedded, pins.path(), BpfLogLevel::Off).expect("second load");
+        let frontends = AyaMaps::from_ebpf(&mut again)
+            .expect("maps")
+            .frontends()
+            .expect("read");
+        assert_eq!(frontends, [(key, value)]);
+    }
+
+    #[test]
+    fn a_map_pinned_by_an_incompatible_build_is_refused() {
+        if !require_root("loading the eBPF object") || !require_object() {
+            return;
+        }
+        let good = PinDir::new("loader-good");
+        let bad = PinDir::new("loader-bad");
+        drop(load(&Object::Embedded, good.path(), BpfLogLevel::Off).expect("load"));
+        // A hash map where an array of Config belongs.
+        MapData::from_pin(good.path().join(names::BACKENDS))
+            .expect("open")
+            .pin(bad.path().join(names::CONFIG))
+            .expect("pin");
+        let err = load(&Object::Embedded, bad.path(), BpfLogLevel::Off).expect_err("must refuse");
+        assert!(
+            matches!(&err, LoadError::IncompatiblePin { path, .. } if path.ends_with(names::CONFIG)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("remove it"), "{err}");
+    }
+}

@@ -1,0 +1,78 @@
+//! Access to the datapath's maps, behind a trait so the syncer can be tested without a
+//! kernel.
+//!
+//! Reads return whole maps: the syncer diffs against what the maps actually hold, never
+//! against a cache of what it believes it wrote, so a restarted agent, a failed write or a
+//! hand edit are all repaired by the next sync.
+
+pub mod aya;
+#[cfg(test)]
+pub mod memory;
+
+use std::collections::BTreeMap;
+
+use lb_common::{
+    Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map {map} does not have the layout this agent expects; maps pinned by an incompatible build must be removed")]
+    Layout {
+        map: &'static str,
+        source: ::aya::maps::MapError,
+    },
+    #[error("cannot open pinned map {path}")]
+    Open {
+        path: std::path::PathBuf,
+        source: ::aya::maps::MapError,
+    },
+    #[error("{op} on map {map} failed")]
+    Access {
+        map: &'static str,
+        op: &'static str,
+        source: ::aya::maps::MapError,
+    },
+}
+
+/// The maps the agent programs. Deleting an absent key is not an error: the goal is that
+/// the key is gone, and the datapath (LRU eviction) may have got there first.
+pub trait DatapathMaps {
+    fn frontends(&self) -> Result<Vec<(FrontendKey, Frontend)>, MapsError>;
+    fn put_frontend(&mut self, key: &FrontendKey, value: &Frontend) -> Result<(), MapsError>;
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError>;
+
+    fn slots(&self) -> Result<Vec<(BackendSlotKey, BackendId)>, MapsError>;
+    fn put_slot(&mut self, key: &BackendSlotKey, value: BackendId) -> Result<(), MapsError>;
+    fn delete_slot(&mut self, key: &BackendSlotKey) -> Result<(), MapsError>;
+
+    fn backends(&self) -> Result<Vec<(BackendId, Backend)>, MapsError>;
+    fn put_backend(&mut self, id: BackendId, value: &Backend) -> Result<(), MapsError>;
+    fn delete_backend(&mut self, id: BackendId) -> Result<(), MapsError>;
+
+    fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>, MapsError>;
+    fn delete_conntrack(&mut self, key: &CtKey) -> Result<(), MapsError>;
+
+    fn config(&self) -> Result<Config, MapsError>;
+    fn set_config(&mut self, config: &Config) -> Result<(), MapsError>;
+}
+
+/// The service maps' content at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub slots: BTreeMap<BackendSlotKey, BackendId>,
+    pub backends: BTreeMap<BackendId, Backend>,
+}
+
+impl MapState {
+    pub fn read(maps: &impl DatapathMaps) -> Result<Self, MapsError> {
+        Ok(Self {
+            frontends: maps.frontends()?.into_iter().collect(),
+            slots: maps.slots()?.into_iter().collect(),
+            backends: maps.backends()?.into_iter().collect(),
+        })
+    }
+}

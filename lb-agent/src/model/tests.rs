@@ -1,0 +1,578 @@
+use super::*;
+use crate::fixtures::{service, slice};
+use lb_common::backend::flags::{LOCAL, TERMINATING};
+
+const NODE: &str = "node-a";
+const TCP: u8 = proto::TCP;
+const UDP: u8 = proto::UDP;
+
+fn build(services: &[Service], slices: &[EndpointSlice]) -> (DesiredState, Vec<Skipped>) {
+    desired_state(services, slices, NODE)
+}
+
+fn key(ip: &str, port: u16, protocol: u8) -> FrontendKey {
+    FrontendKey::new(ip.parse().expect("test address"), port, protocol)
+}
+
+/// The backends of one frontend as (address:port, flags).
+fn backends(state: &DesiredState, ip: &str, port: u16, protocol: u8) -> Vec<(String, u8)> {
+    state
+        .frontends
+        .get(&key(ip, port, protocol))
+        .unwrap_or_else(|| panic!("no frontend {ip}:{port}/{protocol} in {state:?}"))
+        .backends
+        .iter()
+        .map(|b| (format!("{}:{}", b.ip(), b.port_host()), b.flags))
+        .collect()
+}
+
+fn reasons(skipped: &[Skipped]) -> Vec<&SkipReason> {
+    skipped.iter().map(|s| &s.reason).collect()
+}
+
+fn web() -> crate::fixtures::ServiceBuilder {
+    service("shop", "web", "10.96.0.10").port("http", 80, "TCP")
+}
+
+#[test]
+fn a_service_with_ready_endpoints_gets_a_sorted_frontend() {
+    let svc = web().build();
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.2.3")
+        .ready("10.244.1.9")
+        .ready("10.244.1.10")
+        .build();
+    let (state, skipped) = build(&[svc], &[s]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(state.frontends.len(), 1);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert_eq!(f.name, "shop/web:http");
+    assert_eq!(f.flags, frontend::flags::CLUSTER_IP);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [
+            ("10.244.1.9:8080".into(), 0),
+            ("10.244.1.10:8080".into(), 0),
+            ("10.244.2.3:8080".into(), 0)
+        ]
+    );
+    assert_eq!(state.backend_count(), 3);
+}
+
+#[test]
+fn each_service_port_gets_its_own_frontend_and_target_port() {
+    let svc = web().port("metrics", 9090, "TCP").build();
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .port("metrics", 9100, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let (state, skipped) = build(&[svc], &[s]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), 0)]
+    );
+    assert_eq!(
+        backends(&state, "10.96.0.10", 9090, TCP),
+        [("10.244.1.2:9100".into(), 0)]
+    );
+    assert_eq!(
+        state.frontends[&key("10.96.0.10", 9090, TCP)].name,
+        "shop/web:metrics"
+    );
+    // One pod, two ports: two backends.
+    assert_eq!(state.backend_count(), 2);
+}
+
+#[test]
+fn a_named_target_port_resolves_per_endpoint_through_each_slice() {
+    // Mid-rollout: old pods serve "http" on 8080, new ones on 8081.
+    let svc = web().build();
+    let old = slice("shop", "web-old", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let new = slice("shop", "web-new", "web")
+        .port("http", 8081, "TCP")
+        .ready("10.244.1.3")
+        .build();
+    let (state, _) = build(&[svc], &[old, new]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), 0), ("10.244.1.3:8081".into(), 0)]
+    );
+}
+
+#[test]
+fn an_unnamed_port_matches_an_unnamed_slice_port_and_is_named_by_number() {
+    let svc = service("shop", "web", "10.96.0.10")
+        .port("", 80, "TCP")
+        .build();
+    let s = slice("shop", "web-1", "web")
+        .port("", 8080, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let (state, _) = build(&[svc], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), 0)]
+    );
+    assert_eq!(
+        state.frontends[&key("10.96.0.10", 80, TCP)].name,
+        "shop/web:80"
+    );
+}
+
+#[test]
+fn slice_ports_must_match_protocol_as_well_as_name() {
+    let svc = web().build();
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "UDP")
+        .ready("10.244.1.2")
+        .build();
+    let (state, skipped) = build(&[svc], &[s]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(backends(&state, "10.96.0.10", 80, TCP).is_empty());
+}
+
+#[test]
+fn tcp_and_udp_on_one_port_are_two_frontends() {
+    let svc = service("kube-system", "dns", "10.96.0.53")
+        .port("dns", 53, "UDP")
+        .port("dns-tcp", 53, "TCP")
+        .build();
+    let s = slice("kube-system", "dns-1", "dns")
+        .port("dns", 5353, "UDP")
+        .port("dns-tcp", 5354, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let (state, _) = build(&[svc], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.53", 53, UDP),
+        [("10.244.1.2:5353".into(), 0)]
+    );
+    assert_eq!(
+        backends(&state, "10.96.0.53", 53, TCP),
+        [("10.244.1.2:5354".into(), 0)]
+    );
+    let b = state.frontends[&key("10.96.0.53", 53, UDP)].backends[0];
+    assert_eq!(b.proto, UDP);
+}
+
+#[test]
+fn only_ready_endpoints_are_used_while_any_is_ready() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .not_ready("10.244.1.3")
+        .terminating("10.244.1.4")
+        .build();
+    let (state, _) = build(&[web().build()], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), 0)]
+    );
+}
+
+#[test]
+fn unset_conditions_count_as_ready_and_serving() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .endpoint("10.244.1.2", None, None, None)
+        .build();
+    let mut no_conditions = s.clone();
+    no_conditions.endpoints[0].conditions = None;
+    for s in [s, no_conditions] {
+        let (state, _) = build(&[web().build()], &[s]);
+        assert_eq!(
+            backends(&state, "10.96.0.10", 80, TCP),
+            [("10.244.1.2:8080".into(), 0)]
+        );
+    }
+}
+
+#[test]
+fn with_nothing_ready_serving_terminating_endpoints_are_used_and_flagged() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .not_ready("10.244.1.3")
+        .terminating("10.244.1.4")
+        // Terminating and no longer serving: never used.
+        .endpoint("10.244.1.5", Some(false), Some(false), Some(true))
+        .build();
+    let (state, _) = build(&[web().build()], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.4:8080".into(), TERMINATING)]
+    );
+}
+
+#[test]
+fn with_nothing_ready_or_serving_the_frontend_has_no_backends() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .not_ready("10.244.1.3")
+        .build();
+    let (state, _) = build(&[web().build()], &[s]);
+    assert!(backends(&state, "10.96.0.10", 80, TCP).is_empty());
+}
+
+#[test]
+fn a_service_without_slices_still_gets_its_frontend() {
+    let (state, skipped) = build(&[web().build()], &[]);
+    assert!(skipped.is_empty());
+    assert!(backends(&state, "10.96.0.10", 80, TCP).is_empty());
+}
+
+#[test]
+fn publish_not_ready_addresses_uses_every_endpoint() {
+    let svc = web().publish_not_ready().build();
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .not_ready("10.244.1.3")
+        .terminating("10.244.1.4")
+        .build();
+    let (state, _) = build(&[svc], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [
+            ("10.244.1.3:8080".into(), 0),
+            ("10.244.1.4:8080".into(), TERMINATING)
+        ]
+    );
+}
+
+#[test]
+fn endpoints_on_this_node_are_flagged_local() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .on_node(NODE)
+        .ready("10.244.2.2")
+        .on_node("node-b")
+        .build();
+    let (state, _) = build(&[web().build()], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [
+            ("10.244.1.2:8080".into(), LOCAL),
+            ("10.244.2.2:8080".into(), 0)
+        ]
+    );
+}
+
+#[test]
+fn headless_and_external_name_services_are_skipped_by_design() {
+    let headless = service("shop", "db", "None")
+        .port("pg", 5432, "TCP")
+        .build();
+    let external = service("shop", "ext", "").type_("ExternalName").build();
+    let (state, skipped) = build(&[headless, external], &[]);
+    assert!(state.frontends.is_empty());
+    assert_eq!(
+        reasons(&skipped),
+        [&SkipReason::Headless, &SkipReason::ExternalName]
+    );
+    assert!(skipped.iter().all(|s| s.reason.is_by_design()));
+    assert_eq!(skipped[0].object, "Service shop/db");
+}
+
+#[test]
+fn label_filtered_services_are_skipped() {
+    let other = web().label(SERVICE_PROXY_NAME_LABEL, "cilium").build();
+    let headless = service("shop", "api", "10.96.0.11")
+        .port("http", 80, "TCP")
+        .label(HEADLESS_LABEL, "")
+        .build();
+    let (state, skipped) = build(&[other, headless], &[]);
+    assert!(state.frontends.is_empty());
+    assert_eq!(
+        reasons(&skipped),
+        [
+            &SkipReason::HeadlessLabel,
+            &SkipReason::OtherProxy("cilium".into())
+        ]
+    );
+}
+
+#[test]
+fn label_filtered_slices_are_skipped() {
+    let proxied = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .label(SERVICE_PROXY_NAME_LABEL, "other")
+        .build();
+    let headless = slice("shop", "web-2", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.3")
+        .label(HEADLESS_LABEL, "")
+        .build();
+    let kept = slice("shop", "web-3", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.4")
+        .build();
+    let (state, skipped) = build(&[web().build()], &[proxied, headless, kept]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.4:8080".into(), 0)]
+    );
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped
+        .iter()
+        .all(|s| s.object.starts_with("EndpointSlice shop/web-")));
+}
+
+#[test]
+fn bad_cluster_ips_skip_the_service_without_panicking() {
+    let bad = service("shop", "a", "10.96.0.300")
+        .port("http", 80, "TCP")
+        .build();
+    let empty = service("shop", "b", "").port("http", 80, "TCP").build();
+    let v6 = service("shop", "c", "fd00::10")
+        .port("http", 80, "TCP")
+        .build();
+    let (state, skipped) = build(&[bad, empty, v6], &[]);
+    assert!(state.frontends.is_empty());
+    assert_eq!(
+        reasons(&skipped),
+        [
+            &SkipReason::BadAddress {
+                field: "spec.clusterIP",
+                value: "10.96.0.300".into()
+            },
+            &SkipReason::MissingField("spec.clusterIP"),
+            &SkipReason::NoIpv4ClusterIp,
+        ]
+    );
+    assert!(!skipped[0].reason.is_by_design());
+    assert!(skipped[2].reason.is_by_design());
+}
+
+#[test]
+fn dual_stack_services_serve_their_ipv4_address() {
+    let svc = service("shop", "web", "fd00::10")
+        .cluster_ips(&["fd00::10", "10.96.0.10"])
+        .port("http", 80, "TCP")
+        .build();
+    let (state, skipped) = build(&[svc], &[]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(
+        state.frontends.keys().copied().collect::<Vec<_>>(),
+        [key("10.96.0.10", 80, TCP)]
+    );
+}
+
+#[test]
+fn bad_service_ports_skip_only_that_port() {
+    let svc = web()
+        .port("zero", 0, "TCP")
+        .port("huge", 70000, "TCP")
+        .port("sctp", 9000, "SCTP")
+        .port("weird", 9001, "ICMP")
+        .build();
+    let (state, skipped) = build(&[svc], &[]);
+    assert_eq!(state.frontends.len(), 1);
+    let got: Vec<_> = skipped
+        .iter()
+        .map(|s| (s.object.as_str(), &s.reason))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Service shop/web port huge", &SkipReason::BadPort(70000)),
+            ("Service shop/web port sctp", &SkipReason::Sctp),
+            (
+                "Service shop/web port weird",
+                &SkipReason::UnknownProtocol("ICMP".into())
+            ),
+            ("Service shop/web port zero", &SkipReason::BadPort(0)),
+        ]
+    );
+}
+
+#[test]
+fn bad_slice_ports_and_addresses_are_skipped_and_the_rest_used() {
+    let mut unset_port = slice("shop", "web-2", "web")
+        .port("http", 1, "TCP")
+        .ready("10.244.1.5")
+        .build();
+    if let Some(p) = unset_port.ports.as_mut().and_then(|p| p.first_mut()) {
+        p.port = None;
+    }
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .ready("not-an-ip")
+        .ready("fd00::1")
+        .build();
+    let mut no_address = s.clone();
+    no_address.metadata.name = Some("web-3".into());
+    for ep in &mut no_address.endpoints {
+        ep.addresses.clear();
+    }
+    let bad_port = slice("shop", "web-4", "web")
+        .port("http", 65536, "TCP")
+        .ready("10.244.1.6")
+        .build();
+    let (state, skipped) = build(&[web().build()], &[s, unset_port, no_address, bad_port]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), 0)]
+    );
+    let got: Vec<_> = skipped.iter().map(|s| s.object.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "EndpointSlice shop/web-1 endpoint 2",
+            "EndpointSlice shop/web-1 endpoint 3",
+            "EndpointSlice shop/web-2 port http",
+            "EndpointSlice shop/web-3 endpoint 1",
+            "EndpointSlice shop/web-3 endpoint 2",
+            "EndpointSlice shop/web-3 endpoint 3",
+            "EndpointSlice shop/web-4 port http",
+        ]
+    );
+}
+
+#[test]
+fn backends_from_several_slices_are_merged_and_deduplicated() {
+    let a = slice("shop", "web-a", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .ready("10.244.1.3")
+        .build();
+    // During rebalancing an endpoint can sit in two slices at once.
+    let b = slice("shop", "web-b", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.3")
+        .ready("10.244.2.2")
+        .build();
+    let (state, _) = build(&[web().build()], &[a.clone(), b.clone()]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [
+            ("10.244.1.2:8080".into(), 0),
+            ("10.244.1.3:8080".into(), 0),
+            ("10.244.2.2:8080".into(), 0)
+        ]
+    );
+
+    // Deleting slice b drops the endpoints only it had.
+    let (state, _) = build(&[web().build()], &[a]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), 0), ("10.244.1.3:8080".into(), 0)]
+    );
+}
+
+#[test]
+fn slices_link_only_to_the_service_of_their_namespace_and_label() {
+    let elsewhere = slice("other", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let other_svc = slice("shop", "api-1", "api")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.3")
+        .build();
+    let mut unlabelled = slice("shop", "web-2", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.4")
+        .build();
+    unlabelled.metadata.labels = None;
+    let (state, skipped) = build(&[web().build()], &[elsewhere, other_svc, unlabelled]);
+    assert!(backends(&state, "10.96.0.10", 80, TCP).is_empty());
+    assert_eq!(reasons(&skipped), [&SkipReason::NoServiceLabel]);
+}
+
+#[test]
+fn non_ipv4_slices_are_skipped_by_design() {
+    let v6 = slice("shop", "web-1", "web")
+        .address_type("IPv6")
+        .port("http", 8080, "TCP")
+        .ready("fd00::2")
+        .build();
+    let (state, skipped) = build(&[web().build()], &[v6]);
+    assert!(backends(&state, "10.96.0.10", 80, TCP).is_empty());
+    assert_eq!(
+        reasons(&skipped),
+        [&SkipReason::UnsupportedAddressType(
+            "EndpointSlice",
+            "IPv6".into()
+        )]
+    );
+    assert!(skipped[0].reason.is_by_design());
+}
+
+#[test]
+fn objects_missing_required_fields_are_skipped() {
+    let mut no_name = web().build();
+    no_name.metadata.name = None;
+    let mut no_spec = service("shop", "api", "10.96.0.11").build();
+    no_spec.spec = None;
+    let mut slice_no_ns = slice("shop", "web-1", "web").build();
+    slice_no_ns.metadata.namespace = Some(String::new());
+    let (state, skipped) = build(&[no_name, no_spec], &[slice_no_ns]);
+    assert!(state.frontends.is_empty());
+    let got: Vec<_> = skipped.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "EndpointSlice: missing metadata.namespace",
+            "Service: missing metadata.name",
+            "Service shop/api: missing spec",
+        ]
+    );
+}
+
+#[test]
+fn a_frontend_claimed_twice_goes_to_the_first_service_by_name() {
+    let a = service("shop", "a", "10.96.0.10")
+        .port("http", 80, "TCP")
+        .build();
+    let b = service("shop", "b", "10.96.0.10")
+        .port("web", 80, "TCP")
+        .build();
+    let (state, skipped) = build(&[b, a], &[]);
+    assert_eq!(
+        state.frontends[&key("10.96.0.10", 80, TCP)].name,
+        "shop/a:http"
+    );
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(
+        skipped[0].to_string(),
+        "Service shop/b port web: address already served for shop/a:http"
+    );
+}
+
+#[test]
+fn a_backend_shared_by_two_services_counts_once() {
+    let a = service("shop", "a", "10.96.0.10")
+        .port("http", 80, "TCP")
+        .build();
+    let b = service("shop", "b", "10.96.0.11")
+        .port("http", 80, "TCP")
+        .build();
+    let sa = slice("shop", "a-1", "a")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let sb = slice("shop", "b-1", "b")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .build();
+    let (state, _) = build(&[a, b], &[sa, sb]);
+    assert_eq!(state.frontends.len(), 2);
+    assert_eq!(state.backend_count(), 1);
+}
+
+#[test]
+fn empty_and_default_objects_do_not_panic() {
+    let (state, skipped) = build(&[Service::default()], &[EndpointSlice::default()]);
+    assert!(state.frontends.is_empty());
+    assert_eq!(skipped.len(), 2);
+    let (state, skipped) = build(&[], &[]);
+    assert!(state.frontends.is_empty() && skipped.is_empty());
+}

@@ -1,0 +1,634 @@
+//! The `file:DIR` source: Services and EndpointSlices from YAML files, reread on change.
+//!
+//! The directory is polled rather than watched with inotify: a poll of a few file names
+//! and mtimes costs nothing, and it also sees changes that inotify reports awkwardly or not
+//! at all (files replaced by rename, ConfigMap volumes that swap a `..data` symlink, network
+//! filesystems).
+
+use std::{
+    ffi::OsString,
+    fmt, fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde_yaml::Value;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{Snapshot, SnapshotReceiver};
+use crate::error_chain::error_chain;
+
+/// How often the directory is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The namespace `kubectl apply` gives an object whose manifest names none.
+const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileSourceError {
+    #[error("cannot read source directory {dir}")]
+    ReadDir { dir: PathBuf, source: io::Error },
+    #[error("source {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("could not start the file source thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// Reads a directory of manifests and notices when it changes.
+#[derive(Debug)]
+pub struct FileSource {
+    dir: PathBuf,
+    last: Option<Fingerprint>,
+}
+
+impl FileSource {
+    /// A source over `dir`, which must exist and be a directory.
+    pub fn new(dir: PathBuf) -> Result<Self, FileSourceError> {
+        let meta = fs::metadata(&dir).map_err(|source| FileSourceError::ReadDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(FileSourceError::NotADirectory(dir));
+        }
+        Ok(Self { dir, last: None })
+    }
+
+    /// Reads the directory if anything in it changed since the last call (always on the
+    /// first), logging every skipped document. `None` when nothing changed.
+    pub fn poll(&mut self) -> Result<Option<Snapshot>, FileSourceError> {
+        // Fingerprint first: a change made while the files are read shows up next time.
+        let fingerprint = fingerprint(&self.dir)?;
+        if self.last.as_ref() == Some(&fingerprint) {
+            return Ok(None);
+        }
+        let read = read_dir(&self.dir)?;
+        for problem in &read.problems {
+            warn!("skipping {problem}");
+        }
+        for ignored in &read.ignored {
+            debug!("ignoring {ignored}");
+        }
+        info!(
+            dir = %self.dir.display(),
+            services = read.snapshot.services.len(),
+            endpoint_slices = read.snapshot.endpoint_slices.len(),
+            skipped = read.problems.len(),
+            "read source directory"
+        );
+        self.last = Some(fingerprint);
+        Ok(Some(read.snapshot))
+    }
+
+    /// Polls on a background thread every [`POLL_INTERVAL`], publishing each new snapshot.
+    /// A directory that cannot be read is logged and the last snapshot stays in force: a
+    /// transient error must not look like "every service was deleted".
+    pub fn spawn(mut self) -> Result<SnapshotReceiver, FileSourceError> {
+        let (tx, rx) = watch::channel(None);
+        thread::Builder::new()
+            .name("lb-file-source".into())
+            .spawn(move || {
+                let mut last_error = None;
+                while !tx.is_closed() {
+                    match self.poll() {
+                        Ok(Some(snapshot)) => {
+                            last_error = None;
+                            if tx.send(Some(Arc::new(snapshot))).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => last_error = None,
+                        Err(e) => {
+                            let message = error_chain(&e);
+                            if last_error.as_ref() != Some(&message) {
+                                warn!("{message}; keeping the last snapshot");
+                                last_error = Some(message);
+                            }
+                        }
+                    }
+                    thread::sleep(POLL_INTERVAL);
+                }
+            })
+            .map_err(FileSourceError::Spawn)?;
+        Ok(rx)
+    }
+}
+
+/// What identifies the directory's content without reading it: for every manifest, its
+/// name, size, modification time and inode (a file replaced by rename changes inode even
+/// when size and mtime match).
+type Fingerprint = Vec<(OsString, u64, i64, i64, u64)>;
+
+fn fingerprint(dir: &Path) -> Result<Fingerprint, FileSourceError> {
+    let mut entries = Vec::new();
+    for path in manifest_paths(dir)? {
+        // A file deleted between listing and stat simply drops out; the next poll agrees.
+        if let Ok(m) = fs::metadata(&path) {
+            let name = path.file_name().map(OsString::from).unwrap_or_default();
+            entries.push((name, m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+        }
+    }
+    Ok(entries)
+}
+
+/// The `*.yaml`/`*.yml` regular files (or links to them) in `dir`, sorted by name. Hidden
+/// files are editor droppings or ConfigMap-volume internals, never manifests.
+fn manifest_paths(dir: &Path) -> Result<Vec<PathBuf>, FileSourceError> {
+    let read_dir_error = |source| FileSourceError::ReadDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_dir_error)? {
+        let path = entry.map_err(read_dir_error)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let is_yaml = Path::new(name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        if is_yaml && !name.starts_with('.') && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// The result of reading a directory once.
+#[derive(Debug, Default)]
+pub struct DirRead {
+    pub snapshot: Snapshot,
+    /// Documents and files that could not be used, with the reason.
+    pub problems: Vec<Located>,
+    /// Well-formed documents of kinds this source does not take.
+    pub ignored: Vec<Located>,
+}
+
+/// Something said about one place in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub origin: Origin,
+    pub what: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.what)
+    }
+}
+
+/// A file, and optionally a document in it (1-based, counting non-empty documents) and an
+/// item of a `List` document (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub document: Option<usize>,
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(d) = self.document {
+            write!(f, " document {d}")?;
+        }
+        if let Some(i) = self.item {
+            write!(f, " item {i}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every manifest in `dir` into a snapshot; nothing that is wrong with one file or
+/// document stops the others from being served.
+pub fn read_dir(dir: &Path) -> Result<DirRead, FileSourceError> {
+    let mut read = DirRead::default();
+    for path in manifest_paths(dir)? {
+        match fs::read_to_string(&path) {
+            Ok(text) => read_text(&path, &text, &mut read),
+            Err(e) => read.problems.push(Located {
+                origin: Origin {
+                    file: path,
+                    document: None,
+                    item: None,
+                },
+                what: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    Ok(read)
+}
+
+fn read_text(file: &Path, text: &str, read: &mut DirRead) {
+    for (i, (line, doc)) in split_documents(text).into_iter().enumerate() {
+        let origin = Origin {
+            file: file.to_owned(),
+            document: Some(i + 1),
+            item: None,
+        };
+        match serde_yaml::from_str::<Value>(doc) {
+            Ok(mut value) => match value.apply_merge() {
+                // `<<: *anchor` merge keys, which kubectl also honours.
+                Ok(()) => take_object(value, origin, read),
+                Err(e) => read.problems.push(Located {
+                    origin,
+                    what: format!("invalid YAML merge key: {e}"),
+                }),
+            },
+            Err(_) => {
+                // Parsed again behind as many blank lines as precede the document, so the
+                // error's line number is the file's, not the document's (only on error:
+                // padding every document would cost quadratic time on large files).
+                let padded = format!("{}{doc}", "\n".repeat(line));
+                let e = serde_yaml::from_str::<Value>(&padded).err();
+                let what = e.map_or_else(
+                    || "invalid YAML".to_owned(),
+                    |e| format!("invalid YAML: {e}"),
+                );
+                read.problems.push(Located { origin, what });
+            }
+        }
+    }
+}
+
+/// Splits a multi-document YAML stream at its `---` and `...` marker lines, so that a syntax
+/// error in one document cannot hide the documents after it (a YAML parser stops at the
+/// first error). Markers at the start of a line always delimit documents, even inside a
+/// block scalar, so this agrees with a parser. Each document comes with the number of lines
+/// before it. Documents holding nothing but blank lines and comments are dropped, so that
+/// numbering counts only real documents.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let (mut start, mut start_line) = (0, 0);
+    let mut offset = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let is_marker = |m: &str| {
+            content == m
+                || content.starts_with(&format!("{m} "))
+                || content.starts_with(&format!("{m}\t"))
+        };
+        if is_marker("---") {
+            // The marker line starts the next document: `--- {a: 1}` carries content.
+            docs.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, n);
+        } else if is_marker("...") {
+            docs.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset + line.len(), n + 1);
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start..]));
+    docs.retain(|(_, d)| {
+        d.lines().any(|l| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with('#') && l != "---"
+        })
+    });
+    docs
+}
+
+/// Takes a parsed document: a Service, an EndpointSlice, or a `List` of them.
+fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
+    let problem =
+        |read: &mut DirRead, origin, what: String| read.problems.push(Located { origin, what });
+    if !value.is_mapping() {
+        return problem(
+            read,
+            origin,
+            "not a Kubernetes object (not a mapping)".into(),
+        );
+    }
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let kind = value.get("kind").and_then(Value::as_str).map(str::to_owned);
+    match (api_version.as_deref(), kind.as_deref()) {
+        (Some("v1"), Some("Service")) => match serde_yaml::from_value::<Service>(value) {
+            Ok(mut svc) => {
+                default_namespace(&mut svc.metadata);
+                read.snapshot.services.push(svc);
+            }
+            Err(e) => problem(read, origin, format!("invalid Service: {e}")),
+        },
+        (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => {
+            match serde_yaml::from_value::<EndpointSlice>(value) {
+                Ok(mut slice) => {
+                    default_namespace(&mut slice.metadata);
+                    read.snapshot.endpoint_slices.push(slice);
+                }
+                Err(e) => problem(read, origin, format!("invalid EndpointSlice: {e}")),
+            }
+        }
+        // What `kubectl get ... -o yaml` prints for more than one object.
+        (Some("v1"), Some("List")) => match value.get("items").and_then(Value::as_sequence) {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let origin = Origin {
+                        item: Some(i + 1),
+                        ..origin.clone()
+                    };
+                    take_object(item.clone(), origin, read);
+                }
+            }
+            None => problem(read, origin, "List without items".into()),
+        },
+        (Some(api_version), Some(kind)) => read.ignored.push(Located {
+            origin,
+            what: format!("{api_version} {kind}"),
+        }),
+        _ => problem(
+            read,
+            origin,
+            "not a Kubernetes object (no apiVersion or kind)".into(),
+        ),
+    }
+}
+
+fn default_namespace(meta: &mut ObjectMeta) {
+    if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        meta.namespace = Some(DEFAULT_NAMESPACE.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, protocol: TCP}]
+";
+
+    const SLICE: &str = "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.2]
+";
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            fs::write(dir.path().join(name), text).expect("write manifest");
+        }
+        dir
+    }
+
+    fn names(read: &DirRead) -> (Vec<String>, Vec<String>) {
+        let s = &read.snapshot;
+        (
+            s.services
+                .iter()
+                .filter_map(|o| o.metadata.name.clone())
+                .collect(),
+            s.endpoint_slices
+                .iter()
+                .filter_map(|o| o.metadata.name.clone())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn reads_services_and_slices_from_multi_document_files() {
+        let dir = dir_with(&[
+            ("a.yaml", &format!("{SERVICE}---\n{SLICE}")),
+            ("b.yml", SERVICE),
+        ]);
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(
+            names(&read),
+            (vec!["web".into(), "web".into()], vec!["web-abc".into()])
+        );
+        assert!(read.problems.is_empty(), "{:?}", read.problems);
+        let svc = &read.snapshot.services[0];
+        assert_eq!(
+            svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+            Some("10.96.0.10")
+        );
+    }
+
+    #[test]
+    fn a_broken_document_is_skipped_and_named_while_the_rest_is_served() {
+        let text = format!("{SERVICE}---\nkind: [unclosed\n---\n{SLICE}");
+        let dir = dir_with(&[("a.yaml", &text)]);
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(names(&read), (vec!["web".into()], vec!["web-abc".into()]));
+        assert_eq!(read.problems.len(), 1);
+        let p = &read.problems[0];
+        assert_eq!(p.origin.document, Some(2));
+        assert!(p.origin.file.ends_with("a.yaml"));
+        assert!(
+            p.to_string().contains("a.yaml document 2: invalid YAML"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn an_object_that_does_not_deserialize_is_skipped_with_its_reason() {
+        let bad = SERVICE.replace("port: 80", "port: eighty");
+        let dir = dir_with(&[("a.yaml", &format!("{bad}---\n{SLICE}"))]);
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(names(&read), (vec![], vec!["web-abc".into()]));
+        assert_eq!(read.problems.len(), 1);
+        assert!(
+            read.problems[0].what.starts_with("invalid Service"),
+            "{:?}",
+            read.problems
+        );
+        assert_eq!(read.problems[0].origin.document, Some(1));
+    }
+
+    #[test]
+    fn other_kinds_are_ignored_not_reported() {
+        let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let knative = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: k}\n";
+        let dir = dir_with(&[("a.yaml", &format!("{deploy}---\n{knative}---\n{SERVICE}"))]);
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(names(&read).0, vec!["web".to_string()]);
+        assert!(read.problems.is_empty());
+        let ignored: Vec<_> = read.ignored.iter().map(|l| l.what.as_str()).collect();
+        assert_eq!(
+            ignored,
+            ["apps/v1 Deployment", "serving.knative.dev/v1 Service"]
+        );
+    }
+
+    #[test]
+    fn documents_without_kind_or_not_mappings_are_problems() {
+        let dir = dir_with(&[("a.yaml", "just a string\n---\nfoo: bar\n")]);
+        let read = read_dir(dir.path()).expect("read");
+        let docs: Vec<_> = read.problems.iter().map(|p| p.origin.document).collect();
+        assert_eq!(docs, [Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn only_visible_yaml_files_are_read() {
+        let dir = dir_with(&[
+            ("svc.YAML", SERVICE),
+            ("notes.txt", "kind: [broken"),
+            (".svc.yaml", "kind: [broken"),
+            ("svc.yaml~", "kind: [broken"),
+        ]);
+        fs::create_dir(dir.path().join("sub.yaml")).expect("mkdir");
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(read.snapshot.services.len(), 1);
+        assert!(read.problems.is_empty(), "{:?}", read.problems);
+    }
+
+    #[test]
+    fn merge_keys_are_applied() {
+        let text = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - &http {name: http, port: 80, protocol: TCP}
+  - <<: *http
+    name: alt
+    port: 8080
+";
+        let dir = dir_with(&[("a.yaml", text)]);
+        let read = read_dir(dir.path()).expect("read");
+        assert!(read.problems.is_empty(), "{:?}", read.problems);
+        let ports = read.snapshot.services[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        let got: Vec<_> = ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.port, p.protocol.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("http"), 80, Some("TCP")),
+                (Some("alt"), 8080, Some("TCP"))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_becomes_default_as_kubectl_does() {
+        let text = SERVICE.replace(", namespace: shop", "");
+        let dir = dir_with(&[("a.yaml", &text)]);
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(
+            read.snapshot.services[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
+    }
+
+    #[test]
+    fn list_items_are_taken_and_numbered() {
+        let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        let text = format!(
+            "apiVersion: v1\nkind: List\nitems:\n  -\n{}  -\n{}  - kind: Service\n",
+            indent(SERVICE),
+            indent(SLICE)
+        );
+        let dir = dir_with(&[("list.yaml", &text)]);
+        let read = read_dir(dir.path()).expect("read");
+        assert_eq!(names(&read), (vec!["web".into()], vec!["web-abc".into()]));
+        assert_eq!(read.problems.len(), 1);
+        assert_eq!(read.problems[0].origin.item, Some(3));
+        assert!(read.problems[0].to_string().contains("document 1 item 3"));
+    }
+
+    #[test]
+    fn documents_split_at_markers_and_blank_ones_do_not_count() {
+        let text = "# header\n---\na: 1\n--- {b: 2}\n...\n---\n# only a comment\n---\nc: 3\n";
+        let docs = split_documents(text);
+        assert_eq!(
+            docs,
+            [(1, "---\na: 1\n"), (3, "--- {b: 2}\n"), (7, "---\nc: 3\n")]
+        );
+        assert_eq!(split_documents("a: 1"), [(0, "a: 1")]);
+        assert!(split_documents("").is_empty());
+        // A marker needs the line to itself or a separator after it.
+        assert_eq!(split_documents("a: ---x\n---x: 1\n").len(), 1);
+    }
+
+    #[test]
+    fn poll_reads_once_then_only_after_a_change() {
+        let dir = dir_with(&[("a.yaml", SERVICE)]);
+        let mut source = FileSource::new(dir.path().to_owned()).expect("source");
+        let first = source.poll().expect("poll").expect("first poll reads");
+        assert_eq!(first.services.len(), 1);
+        assert_eq!(source.poll().expect("poll"), None);
+
+        fs::write(dir.path().join("b.yaml"), SLICE).expect("write");
+        let second = source.poll().expect("poll").expect("new file is seen");
+        assert_eq!(second.endpoint_slices.len(), 1);
+
+        // Replacing a file by rename is a change even with the same size and mtime.
+        let tmp = dir.path().join(".b.yaml.tmp");
+        fs::write(&tmp, SLICE.replace("web-abc", "web-xyz")).expect("write");
+        fs::rename(&tmp, dir.path().join("b.yaml")).expect("rename");
+        let third = source.poll().expect("poll").expect("renamed file is seen");
+        assert_eq!(
+            third.endpoint_slices[0].metadata.name.as_deref(),
+            Some("web-xyz")
+        );
+
+        fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+        let fourth = source.poll().expect("poll").expect("removal is seen");
+        assert!(fourth.services.is_empty());
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_it() {
+        let err = FileSource::new("/nonexistent/lb-test".into()).expect_err("must fail");
+        assert!(err.to_string().contains("/nonexistent/lb-test"), "{err}");
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        assert!(matches!(
+            FileSource::new(file.path().to_owned()),
+            Err(FileSourceError::NotADirectory(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn spawned_source_publishes_snapshots_as_the_directory_changes() {
+        let dir = dir_with(&[("a.yaml", SERVICE)]);
+        let mut rx = FileSource::new(dir.path().to_owned())
+            .expect("source")
+            .spawn()
+            .expect("spawn");
+        async fn next(rx: &mut SnapshotReceiver) -> Arc<Snapshot> {
+            tokio::time::timeout(Duration::from_secs(5), rx.changed())
+                .await
+                .expect("snapshot within 5 s")
+                .expect("source alive");
+            rx.borrow_and_update().clone().expect("a snapshot")
+        }
+        assert_eq!(next(&mut rx).await.services.len(), 1);
+        fs::write(dir.path().join("b.yaml"), SLICE).expect("write");
+        let snapshot = next(&mut rx).await;
+        assert_eq!(snapshot.endpoint_slices.len(), 1);
+        assert_eq!(snapshot.services.len(), 1);
+    }
+}

@@ -1,0 +1,458 @@
+//! Brings the maps to the desired state: read what they hold, plan the difference, write it
+//! in order, and clear the UDP conntrack entries the change orphaned.
+
+use std::time::{Duration, Instant};
+
+use lb_common::Config;
+
+use crate::{
+    conntrack::StaleFlows,
+    maps::{DatapathMaps, MapState, MapsError},
+    model::DesiredState,
+    plan::{plan, PlanError, Write},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("cannot draw a random hash seed: {0}")]
+    Random(getrandom::Error),
+}
+
+/// What one sync did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    pub frontends: usize,
+    pub backends: usize,
+    /// Map updates and deletions made (conntrack deletions not included).
+    pub writes: usize,
+    pub conntrack_deleted: usize,
+    pub duration: Duration,
+}
+
+/// Owns the maps and keeps them in step with desired states.
+pub struct Syncer<M> {
+    maps: M,
+    seed_checked: bool,
+}
+
+impl<M: DatapathMaps> Syncer<M> {
+    pub fn new(maps: M) -> Self {
+        Self {
+            maps,
+            seed_checked: false,
+        }
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// Makes the maps hold `desired`. On error the maps are left in a state packets can use
+    /// (the write order guarantees it) and the next sync picks up from what they hold.
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, SyncError> {
+        let started = Instant::now();
+        let mut writes = 0;
+        if !self.seed_checked {
+            writes += self.ensure_hash_seed()?;
+            self.seed_checked = true;
+        }
+        let actual = MapState::read(&self.maps)?;
+        let plan = plan(&actual, desired)?;
+        for write in &plan.writes {
+            self.apply(write)?;
+            writes += 1;
+        }
+        let conntrack_deleted = self.clear_stale_flows(&plan.stale_flows)?;
+        Ok(SyncReport {
+            frontends: desired.frontends.len(),
+            backends: desired.backend_count(),
+            writes,
+            conntrack_deleted,
+            duration: started.elapsed(),
+        })
+    }
+
+    fn apply(&mut self, write: &Write) -> Result<(), MapsError> {
+        let m = &mut self.maps;
+        match write {
+            Write::PutBackend(id, b) => m.put_backend(*id, b),
+            Write::PutSlot(k, id) => m.put_slot(k, *id),
+            Write::PutFrontend(k, f) => m.put_frontend(k, f),
+            Write::DeleteFrontend(k) => m.delete_frontend(k),
+            Write::DeleteSlot(k) => m.delete_slot(k),
+            Write::DeleteBackend(id) => m.delete_backend(*id),
+        }
+    }
+
+    /// Gives the datapath a random flow-hash seed the first time the maps are used; a seed
+    /// already there is kept, so flows hash the same across agent restarts.
+    fn ensure_hash_seed(&mut self) -> Result<usize, SyncError> {
+        let config = self.maps.config()?;
+        if config.hash_seed != 0 {
+            return Ok(0);
+        }
+        let hash_seed = loop {
+            match getrandom::u32().map_err(SyncError::Random)? {
+                0 => continue,
+                seed => break seed,
+            }
+        };
+        self.maps.set_config(&Config {
+            hash_seed,
+            ..config
+        })?;
+        Ok(1)
+    }
+
+    /// Deletes the conntrack entries of `stale` flows; the table is only scanned when there
+    /// are any.
+    fn clear_stale_flows(&mut self, stale: &StaleFlows) -> Result<usize, MapsError> {
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let doomed = stale.keys_to_delete(&self.maps.conntrack()?);
+        for key in &doomed {
+            self.maps.delete_conntrack(key)?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        fixtures::{service, slice},
+        maps::memory::{MemoryMaps, Op},
+        model::desired_state,
+    };
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use lb_common::{
+        conntrack::dir, proto, Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey,
+    };
+
+    fn web(protocol: &str) -> Service {
+        service("shop", "web", "10.96.0.10")
+            .port("p", 80, protocol)
+            .build()
+    }
+
+    fn endpoints(protocol: &str, addrs: &[&str]) -> EndpointSlice {
+        addrs
+            .iter()
+            .fold(
+                slice("shop", "web-1", "web").port("p", 8080, protocol),
+                |s, a| s.ready(a),
+            )
+            .build()
+    }
+
+    fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+        desired_state(services, slices, "node-a").0
+    }
+
+    fn fe(protocol: u8) -> FrontendKey {
+        FrontendKey::new([10, 96, 0, 10].into(), 80, protocol)
+    }
+
+    fn slot(service_id: u32, slot: u32) -> BackendSlotKey {
+        BackendSlotKey { service_id, slot }
+    }
+
+    /// The log reduced to the kind of each write, in order.
+    fn kinds(log: &[Op]) -> Vec<&'static str> {
+        log.iter()
+            .map(|op| match op {
+                Op::Service(Write::PutBackend(..)) => "put backend",
+                Op::Service(Write::PutSlot(..)) => "put slot",
+                Op::Service(Write::PutFrontend(..)) => "put frontend",
+                Op::Service(Write::DeleteFrontend(..)) => "delete frontend",
+                Op::Service(Write::DeleteSlot(..)) => "delete slot",
+                Op::Service(Write::DeleteBackend(..)) => "delete backend",
+                Op::DeleteConntrack(..) => "delete conntrack",
+                Op::SetConfig(..) => "set config",
+            })
+            .collect()
+    }
+
+    fn synced(state: &DesiredState) -> Syncer<MemoryMaps> {
+        let mut syncer = Syncer::new(MemoryMaps::default());
+        syncer.sync(state).expect("sync");
+        syncer.maps.take_log();
+        syncer
+    }
+
+    #[test]
+    fn a_fresh_sync_writes_backends_then_slots_then_the_frontend() {
+        let mut syncer = Syncer::new(MemoryMaps::default());
+        let state = desired(
+            &[web("TCP")],
+            &[endpoints("TCP", &["10.244.1.2", "10.244.1.3"])],
+        );
+        let report = syncer.sync(&state).expect("sync");
+        assert_eq!(
+            kinds(&syncer.maps.log),
+            [
+                "set config",
+                "put backend",
+                "put backend",
+                "put slot",
+                "put slot",
+                "put frontend"
+            ]
+        );
+        assert_eq!(
+            (report.frontends, report.backends, report.writes),
+            (1, 2, 6)
+        );
+        let m = syncer.maps();
+        assert_eq!(
+            m.frontends[&fe(proto::TCP)],
+            Frontend {
+                service_id: 1,
+                backend_count: 2,
+                flags: lb_common::frontend::flags::CLUSTER_IP,
+                affinity_timeout_s: 0,
+                _reserved: 0
+            }
+        );
+        assert_eq!(m.slots, [(slot(1, 1), 1), (slot(1, 2), 2)].into());
+        assert_eq!(
+            m.backends[&1],
+            Backend::new([10, 244, 1, 2].into(), 8080, proto::TCP)
+        );
+        assert_ne!(m.config.hash_seed, 0);
+    }
+
+    #[test]
+    fn a_second_sync_of_the_same_state_writes_nothing() {
+        let state = desired(&[web("TCP")], &[endpoints("TCP", &["10.244.1.2"])]);
+        let mut syncer = synced(&state);
+        let report = syncer.sync(&state).expect("sync");
+        assert_eq!(report.writes, 0);
+        assert!(syncer.maps.log.is_empty(), "{:?}", syncer.maps.log);
+    }
+
+    #[test]
+    fn adding_a_backend_writes_it_and_its_slot_before_the_count() {
+        let mut syncer = synced(&desired(
+            &[web("TCP")],
+            &[endpoints("TCP", &["10.244.1.2"])],
+        ));
+        let grown = desired(
+            &[web("TCP")],
+            &[endpoints("TCP", &["10.244.1.2", "10.244.1.3"])],
+        );
+        syncer.sync(&grown).expect("sync");
+        let log = syncer.maps.take_log();
+        assert_eq!(
+            log,
+            [
+                Op::Service(Write::PutBackend(
+                    2,
+                    Backend::new([10, 244, 1, 3].into(), 8080, proto::TCP)
+                )),
+                Op::Service(Write::PutSlot(slot(1, 2), 2)),
+                Op::Service(Write::PutFrontend(
+                    fe(proto::TCP),
+                    Frontend {
+                        backend_count: 2,
+                        ..syncer.maps.frontends[&fe(proto::TCP)]
+                    }
+                )),
+            ]
+        );
+    }
+
+    #[test]
+    fn shrinking_a_service_removes_slots_and_backends_only_after_the_count_changes() {
+        let three = desired(
+            &[web("TCP")],
+            &[endpoints(
+                "TCP",
+                &["10.244.1.2", "10.244.1.3", "10.244.1.4"],
+            )],
+        );
+        let mut syncer = synced(&three);
+        let one = desired(&[web("TCP")], &[endpoints("TCP", &["10.244.1.4"])]);
+        syncer.sync(&one).expect("sync");
+        let log = syncer.maps.take_log();
+        assert_eq!(
+            kinds(&log),
+            [
+                "put slot",
+                "put frontend",
+                "delete slot",
+                "delete slot",
+                "delete backend",
+                "delete backend"
+            ]
+        );
+        assert_eq!(log[0], Op::Service(Write::PutSlot(slot(1, 1), 3)));
+        let m = syncer.maps();
+        assert_eq!(m.frontends[&fe(proto::TCP)].backend_count, 1);
+        assert_eq!(m.slots, [(slot(1, 1), 3)].into());
+        assert_eq!(m.backends.keys().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn deleting_a_service_removes_frontend_then_slots_then_backends() {
+        let mut syncer = synced(&desired(
+            &[web("TCP")],
+            &[endpoints("TCP", &["10.244.1.2"])],
+        ));
+        syncer.sync(&DesiredState::default()).expect("sync");
+        assert_eq!(
+            kinds(&syncer.maps.take_log()),
+            ["delete frontend", "delete slot", "delete backend"]
+        );
+        let m = syncer.maps();
+        assert!(m.frontends.is_empty() && m.slots.is_empty() && m.backends.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_ids_in_the_maps() {
+        let api = service("shop", "api", "10.96.0.11")
+            .port("p", 80, "TCP")
+            .build();
+        let api_slice = slice("shop", "api-1", "api")
+            .port("p", 8080, "TCP")
+            .ready("10.244.1.9")
+            .build();
+        let both = desired(
+            &[web("TCP"), api.clone()],
+            &[endpoints("TCP", &["10.244.1.2"]), api_slice.clone()],
+        );
+        let before = synced(&both).maps;
+
+        // A new syncer over the same maps: nothing to write, not even the seed.
+        let mut restarted = Syncer::new(before.clone());
+        assert_eq!(restarted.sync(&both).expect("sync").writes, 0);
+
+        // Dropping web frees its ids; api keeps its own.
+        let api_only = desired(&[api], &[api_slice]);
+        restarted.sync(&api_only).expect("sync");
+        let after = restarted.maps();
+        let api_key = FrontendKey::new([10, 96, 0, 11].into(), 80, proto::TCP);
+        assert_eq!(after.frontends[&api_key], before.frontends[&api_key]);
+        assert_eq!(after.backends, [(2, before.backends[&2])].into());
+
+        // A new service then takes the lowest free ids.
+        restarted.sync(&both).expect("sync");
+        assert_eq!(restarted.maps().frontends[&fe(proto::TCP)].service_id, 1);
+        assert_eq!(restarted.maps().slots[&slot(1, 1)], 1);
+    }
+
+    #[test]
+    fn an_existing_hash_seed_is_kept() {
+        let mut maps = MemoryMaps::default();
+        maps.config.hash_seed = 42;
+        let mut syncer = Syncer::new(maps);
+        syncer.sync(&DesiredState::default()).expect("sync");
+        assert_eq!(syncer.maps().config.hash_seed, 42);
+        assert!(syncer.maps().log.is_empty());
+    }
+
+    /// A flow's forward and reply entries as the datapath writes them.
+    fn flow(
+        client_port: u16,
+        backend: &Backend,
+        service_id: u32,
+        backend_id: u32,
+    ) -> [(CtKey, CtEntry); 2] {
+        let client = lb_common::addr_be([10, 244, 3, 3].into());
+        let key = fe(backend.proto);
+        let fwd_key = CtKey::new(
+            client,
+            key.addr,
+            client_port.to_be(),
+            key.port,
+            backend.proto,
+            dir::FORWARD,
+        );
+        let fwd = CtEntry {
+            nat_addr: backend.addr,
+            nat_port: backend.port,
+            service_id,
+            backend_id,
+            ..Default::default()
+        };
+        let reply_key = CtKey::new(
+            backend.addr,
+            client,
+            backend.port,
+            client_port.to_be(),
+            backend.proto,
+            dir::REPLY,
+        );
+        let reply = CtEntry {
+            nat_addr: key.addr,
+            nat_port: key.port,
+            ..fwd
+        };
+        [(fwd_key, fwd), (reply_key, reply)]
+    }
+
+    fn add_flows(maps: &mut MemoryMaps, flows: &[[(CtKey, CtEntry); 2]]) {
+        maps.conntrack.extend(flows.iter().flatten().copied());
+    }
+
+    #[test]
+    fn deleting_a_udp_service_clears_its_conntrack_entries() {
+        let mut syncer = synced(&desired(
+            &[web("UDP"), web("TCP")],
+            &[endpoints("UDP", &["10.244.1.2"])],
+        ));
+        let udp_backend = syncer.maps.backends[&1];
+        let sid = syncer.maps.frontends[&fe(proto::UDP)].service_id;
+        let flows = [
+            flow(40000, &udp_backend, sid, 1),
+            flow(40001, &udp_backend, sid, 1),
+        ];
+        add_flows(&mut syncer.maps, &flows);
+        let report = syncer.sync(&DesiredState::default()).expect("sync");
+        assert_eq!(report.conntrack_deleted, 4);
+        assert!(syncer.maps.conntrack.is_empty());
+        // Only after the service is gone from the frontends.
+        let log = kinds(&syncer.maps.take_log());
+        let (service_writes, conntrack) = log.split_at(log.len() - 4);
+        assert_eq!(conntrack, ["delete conntrack"; 4]);
+        assert!(!service_writes.contains(&"delete conntrack"));
+    }
+
+    #[test]
+    fn deleting_a_tcp_service_leaves_its_flows_to_finish() {
+        let mut syncer = synced(&desired(
+            &[web("TCP")],
+            &[endpoints("TCP", &["10.244.1.2"])],
+        ));
+        let backend = syncer.maps.backends[&1];
+        add_flows(&mut syncer.maps, &[flow(40000, &backend, 1, 1)]);
+        let report = syncer.sync(&DesiredState::default()).expect("sync");
+        assert_eq!(report.conntrack_deleted, 0);
+        assert_eq!(syncer.maps.conntrack.len(), 2);
+    }
+
+    #[test]
+    fn removing_a_udp_backend_clears_only_its_flows() {
+        let mut syncer = synced(&desired(
+            &[web("UDP")],
+            &[endpoints("UDP", &["10.244.1.2", "10.244.1.3"])],
+        ));
+        let (gone, kept) = (syncer.maps.backends[&1], syncer.maps.backends[&2]);
+        let kept_flow = flow(40001, &kept, 1, 2);
+        add_flows(&mut syncer.maps, &[flow(40000, &gone, 1, 1), kept_flow]);
+        let report = syncer
+            .sync(&desired(
+                &[web("UDP")],
+                &[endpoints("UDP", &["10.244.1.3"])],
+            ))
+            .expect("sync");
+        assert_eq!(report.conntrack_deleted, 2);
+        assert_eq!(syncer.maps.conntrack, kept_flow.into_iter().collect());
+    }
+}

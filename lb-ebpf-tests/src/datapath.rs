@@ -1,0 +1,194 @@
+//! The real datapath object, loaded with its maps in a private bpffs directory.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    maps, Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey, Reason,
+};
+use lb_lab::testing::PinDir;
+
+/// The two programs of the object.
+#[derive(Clone, Copy, Debug)]
+pub enum Program {
+    /// tc ingress on a pod veth: what pods send.
+    FromPod,
+    /// tc egress on a pod veth: what reaches pods.
+    ToPod,
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::FromPod => "lb_from_pod",
+            Program::ToPod => "lb_to_pod",
+        }
+    }
+}
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Debug)]
+pub struct Run {
+    pub retval: i32,
+    pub data: Vec<u8>,
+    pub duration: std::time::Duration,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// Unpins the maps when the datapath is dropped.
+    _pin_dir: PinDir,
+    next_service: u32,
+    next_backend: BackendId,
+}
+
+impl Datapath {
+    /// Loads the object with a small conntrack table and fresh maps of its own, with
+    /// logging off as the agent runs it by default.
+    pub fn load() -> Result<Self> {
+        Self::load_with_log_level(0)
+    }
+
+    /// As [`Datapath::load`], with aya-log's `AYA_LOG_LEVEL` set to `level`
+    /// (0 off, 1 error .. 5 trace).
+    pub fn load_with_log_level(level: u8) -> Result<Self> {
+        let pin_dir = PinDir::new("datapath");
+        let object = crate::privilege::ebpf_object();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.path())
+            .map_max_entries(maps::CONNTRACK, 4096)
+            .override_global("AYA_LOG_LEVEL", &level, true)
+            .load_file(&object)
+            .with_context(|| format!("loading {}", object.display()))?;
+        for program in [Program::FromPod, Program::ToPod] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program.name())
+                .with_context(|| format!("program {} not in object", program.name()))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifier rejected {}", program.name()))?;
+        }
+        Ok(Self {
+            ebpf,
+            _pin_dir: pin_dir,
+            next_service: 1,
+            next_backend: 1,
+        })
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        HashMap::try_from(self.ebpf.map_mut(name).expect("map in object")).expect("hash map")
+    }
+
+    /// Programs a service the way the agent does (backends, slots, then frontend) and
+    /// returns its service id.
+    pub fn add_service(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        backends: &[(Ipv4Addr, u16)],
+    ) -> u32 {
+        let service_id = self.next_service;
+        self.next_service += 1;
+        for (slot, (ip, bport)) in backends.iter().enumerate() {
+            let id = self.next_backend;
+            self.next_backend += 1;
+            self.hash_map::<BackendId, Backend>(maps::BACKENDS)
+                .insert(id, Backend::new(*ip, *bport, proto), 0)
+                .expect("insert backend");
+            let key = BackendSlotKey {
+                service_id,
+                slot: slot as u32 + 1,
+            };
+            self.hash_map::<BackendSlotKey, BackendId>(maps::BACKEND_SLOTS)
+                .insert(key, id, 0)
+                .expect("insert slot");
+        }
+        let fe = Frontend {
+            service_id,
+            backend_count: backends.len() as u16,
+            flags: lb_common::frontend::flags::CLUSTER_IP,
+            ..Default::default()
+        };
+        self.hash_map::<FrontendKey, Frontend>(maps::FRONTENDS)
+            .insert(FrontendKey::new(vip, port, proto), fe, 0)
+            .expect("insert frontend");
+        service_id
+    }
+
+    pub fn set_hash_seed(&mut self, seed: u32) {
+        let mut config: Array<&mut MapData, Config> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("config map")).expect("array");
+        config
+            .set(
+                0,
+                Config {
+                    hash_seed: seed,
+                    _reserved: 0,
+                },
+                0,
+            )
+            .expect("set config");
+    }
+
+    pub fn run(&mut self, program: Program, packet: &[u8]) -> Result<Run> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program.name())
+            .expect("program")
+            .try_into()?;
+        // Room for the packet to grow (it must not, but a short buffer would hide it).
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Run {
+            retval: result.return_value as i32,
+            data: out,
+            duration: result.duration,
+        })
+    }
+
+    pub fn ct_get(&mut self, key: &CtKey) -> Option<CtEntry> {
+        let map: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
+        map.get(key, 0).ok()
+    }
+
+    pub fn ct_len(&mut self) -> usize {
+        let map: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
+        map.keys().count()
+    }
+
+    /// Number of records waiting in aya-log's ring buffer.
+    pub fn log_records(&mut self) -> usize {
+        let mut ring =
+            aya::maps::RingBuf::try_from(self.ebpf.map_mut("AYA_LOGS").expect("AYA_LOGS map"))
+                .expect("ring buffer");
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Sum over CPUs of the counter for `reason`.
+    pub fn counter(&mut self, reason: Reason) -> u64 {
+        let map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut(maps::COUNTERS).expect("counters"))
+                .expect("percpu array");
+        map.get(&(reason as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,9 @@
+//! Test harness for the lb datapath: loads the real eBPF object, programs its maps the way
+//! the agent does, runs packets through BPF_PROG_TEST_RUN and checks the bytes that come out.
+
+pub mod datapath;
+pub mod packet;
+pub mod privilege;
+
+pub use datapath::{Datapath, Program, Run};
+pub use packet::{Checked, PacketSpec};

@@ -1,0 +1,37 @@
+//! The datapath's maps. Types and names come from lb-common; all are pinned by name so a
+//! restarted agent finds the same state.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    maps::{BACKENDS_MAX, BACKEND_SLOTS_MAX, CONNTRACK_MAX, COUNTERS_MAX, FRONTENDS_MAX},
+    Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey,
+};
+
+// Service maps are sparse and written only by the agent: no preallocation, so their memory
+// follows the number of services rather than the maximum.
+#[map]
+pub static LB_FRONTENDS: HashMap<FrontendKey, Frontend> =
+    HashMap::pinned(FRONTENDS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_SLOTS: HashMap<BackendSlotKey, BackendId> =
+    HashMap::pinned(BACKEND_SLOTS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_BACKENDS: HashMap<BackendId, Backend> =
+    HashMap::pinned(BACKENDS_MAX, BPF_F_NO_PREALLOC);
+
+// Conntrack is written per new flow on the packet path, so it is preallocated (no allocation
+// in softirq) and LRU (a full table evicts the idlest flow instead of refusing new ones).
+#[map]
+pub static LB_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+
+#[map]
+pub static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_MAX, 0);
+
+#[map]
+pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);

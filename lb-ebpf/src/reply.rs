@@ -1,0 +1,37 @@
+//! What reaches pods: replies of tracked flows get the service address back as their source.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use lb_common::{conntrack::dir, CtKey, Reason};
+
+use crate::{conntrack, counters::count, forward::verdict, nat, parse, TC_ACT_UNSPEC};
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    match try_handle(ctx) {
+        Ok(()) => TC_ACT_UNSPEC,
+        Err(reason) => verdict(ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
+    let Some(pkt) = parse::parse(ctx)? else {
+        return Ok(());
+    };
+    let key = CtKey::new(
+        pkt.saddr,
+        pkt.daddr,
+        pkt.sport,
+        pkt.dport,
+        pkt.proto,
+        dir::REPLY,
+    );
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some((addr, port)) = conntrack::reply_hit(&key, &pkt, now) else {
+        return Ok(());
+    };
+    nat::snat(ctx, &pkt, addr, port)?;
+    count(Reason::ReplyTranslated);
+    Ok(())
+}

@@ -1,0 +1,598 @@
+//! The lab as a whole: bring it up, attach to it, use it from tests, tear it down.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::bpffs;
+use crate::manifests::{Rendered, Store};
+use crate::netns;
+use crate::plan::{Node, Plan, Pod, ECHO_PORT};
+use crate::pod_state::{PodState, PodStates};
+use crate::probe::{self, ProbeError, ProbeRequest};
+use crate::process::{self, DaemonSpec, PidRecord};
+use crate::state::{remove_dir_if_exists, remove_file_if_exists, StateDir};
+use crate::teardown::{teardown, Teardown};
+use crate::topology;
+use crate::Binaries;
+
+/// How many log lines an error shows.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Options for [`Lab::up`].
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// Start no agents: the bare fabric, for debugging without a datapath.
+    pub no_agents: bool,
+    /// On failure, leave what was built for inspection instead of tearing it down.
+    pub keep_on_failure: bool,
+    /// How long to wait for every echo server and agent to be ready.
+    pub ready_timeout: Duration,
+    /// Extra arguments for every agent, e.g. `["--bpf-log", "debug"]`.
+    pub agent_args: Vec<String>,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        Self {
+            no_agents: false,
+            keep_on_failure: false,
+            ready_timeout: Duration::from_secs(30),
+            agent_args: Vec::new(),
+        }
+    }
+}
+
+/// A running lab.
+///
+/// Dropping a `Lab` leaves it running (so `attach` never tears down somebody's lab); call
+/// [`Lab::down`] or wrap it with [`Lab::down_on_drop`].
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use lb_lab::{Binaries, Lab, UpOptions};
+/// // In an integration test: Binaries::beside(Path::new(env!("CARGO_BIN_EXE_lb-lab"))).
+/// let bins = Binaries::beside(std::path::Path::new("target/debug/lb-lab"));
+/// let _lock = lb_lab::testing::lab_lock();
+/// let lab = Lab::up(&bins, UpOptions::default())?.down_on_drop();
+/// let echo = lab.pod("worker-echo-1").unwrap();
+/// let name = lab.probe_tcp("worker2-client", (echo.ip, 8080), "/hostname")?;
+/// assert_eq!(name, "worker-echo-1");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Lab {
+    bins: Binaries,
+    plan: Plan,
+    state: StateDir,
+    agents: bool,
+}
+
+impl Lab {
+    /// Builds the lab: namespaces, links, routes, an echo server in every pod and (unless
+    /// `no_agents`) an agent on every node, then waits until all are ready. An existing lab is
+    /// torn down first.
+    ///
+    /// # Errors
+    /// If not root, a binary is missing, a step fails, or something is not ready in time; the
+    /// error carries the tail of the relevant log. Unless `keep_on_failure`, the half-built lab
+    /// is torn down first.
+    pub fn up(bins: &Binaries, opts: UpOptions) -> Result<Lab> {
+        preflight(bins, &opts)?;
+        let existing = netns::list_lab().context("listing network namespaces")?;
+        if !existing.is_empty() {
+            println!(
+                "lab: tearing down the existing lab first ({} lbk-* namespaces)",
+                existing.len()
+            );
+        }
+        // Always: processes from a lab whose namespaces were deleted by hand still need stopping.
+        let old = teardown(bins)?;
+        if !existing.is_empty() {
+            print!("{old}");
+        }
+        let lab = Lab {
+            bins: bins.clone(),
+            plan: Plan::kind(),
+            state: StateDir::new(&bins.state_dir),
+            agents: !opts.no_agents,
+        };
+        match lab.build(&opts) {
+            Ok(()) => Ok(lab),
+            Err(e) if opts.keep_on_failure => Err(e.context(
+                "lab left up for inspection (--keep-on-failure); `cargo xtask lab down` removes it",
+            )),
+            Err(e) => {
+                if let Err(down) = teardown(bins) {
+                    eprintln!("lab: tearing down after the failure also failed: {down:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Uses the lab that is already up (for example from `cargo xtask lab up`).
+    ///
+    /// # Errors
+    /// If any of the lab's namespaces is missing.
+    pub fn attach(bins: &Binaries) -> Result<Lab> {
+        let plan = Plan::kind();
+        let missing: Vec<_> = plan
+            .namespaces()
+            .into_iter()
+            .filter(|ns| !netns::exists(ns))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the lab is not up (missing namespaces: {}); run `cargo xtask lab up`",
+                missing.join(", ")
+            );
+        }
+        let state = StateDir::new(&bins.state_dir);
+        let agents = plan.nodes.iter().any(|n| {
+            process::read_pid_file(&state.agent_pid(&n.name))
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        Ok(Lab {
+            bins: bins.clone(),
+            plan,
+            state,
+            agents,
+        })
+    }
+
+    /// Tears the lab down (see [`teardown()`]).
+    ///
+    /// # Errors
+    /// As [`teardown`].
+    pub fn down(self) -> Result<Teardown> {
+        teardown(&self.bins)
+    }
+
+    /// Wraps the lab so that it is torn down when the wrapper is dropped, even if a test
+    /// panics.
+    pub fn down_on_drop(self) -> DownOnDrop {
+        DownOnDrop(Some(self))
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.plan.nodes
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.plan.pods
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.plan.node(name)
+    }
+
+    /// The pod called `name` (`worker-echo-1` or `lbk-worker-echo-1`).
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.plan.pod(name)
+    }
+
+    /// Whether agents were started.
+    pub fn has_agents(&self) -> bool {
+        self.agents
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.root()
+    }
+
+    /// Node `node`'s agent pin directory (`/sys/fs/bpf/lbk/<node>`).
+    pub fn pin_dir(&self, node: &str) -> PathBuf {
+        bpffs::pin_dir(node)
+    }
+
+    /// Node `node`'s agent log.
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.state.agent_log(node)
+    }
+
+    /// Runs `args` inside namespace `ns` (`worker`, `lbk-worker`, `worker-echo-1`, ...) and
+    /// returns its output, whatever its exit status.
+    ///
+    /// # Errors
+    /// If `args` is empty, the namespace does not exist, or the command cannot start.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> Result<Output> {
+        let mut cmd = command_in(ns, args)?;
+        cmd.output().with_context(|| {
+            format!(
+                "cannot run {} in {}",
+                crate::cmd::describe(&cmd),
+                netns::qualify(ns)
+            )
+        })
+    }
+
+    /// `GET path` from namespace `from_ns` to `addr`; the response body.
+    ///
+    /// # Errors
+    /// A [`ProbeError`]: `Refused`, `TimedOut`, an HTTP status, ...
+    pub fn probe_tcp(
+        &self,
+        from_ns: &str,
+        addr: impl Into<SocketAddr>,
+        path: &str,
+    ) -> Result<String, ProbeError> {
+        self.probe(from_ns, &ProbeRequest::tcp(addr.into(), path))
+    }
+
+    /// Sends datagram `msg` from namespace `from_ns` (optionally from `src_port`) to `addr`;
+    /// the reply.
+    ///
+    /// # Errors
+    /// A [`ProbeError`].
+    pub fn probe_udp(
+        &self,
+        from_ns: &str,
+        addr: impl Into<SocketAddr>,
+        msg: &str,
+        src_port: Option<u16>,
+    ) -> Result<String, ProbeError> {
+        self.probe(
+            from_ns,
+            &ProbeRequest::udp(addr.into(), msg).from_port(src_port),
+        )
+    }
+
+    /// Makes `req` from inside namespace `from_ns` (in-process, on a thread in that namespace).
+    ///
+    /// # Errors
+    /// A [`ProbeError`].
+    pub fn probe(&self, from_ns: &str, req: &ProbeRequest) -> Result<String, ProbeError> {
+        netns::run_in(&netns::qualify(from_ns), || probe::probe(req))?
+    }
+
+    /// Writes manifest `name` (Services get their EndpointSlices derived from the pods) into
+    /// `<state_dir>/manifests/<name>.yaml`, atomically; replaces an earlier one of that name.
+    ///
+    /// # Errors
+    /// If the name or YAML is invalid or the file cannot be written.
+    pub fn apply_yaml(&self, name: &str, yaml: &str) -> Result<Rendered> {
+        self.store().apply(name, yaml)
+    }
+
+    /// Removes manifest `name`; whether it existed.
+    ///
+    /// # Errors
+    /// If the name is invalid or the file cannot be removed.
+    pub fn delete_yaml(&self, name: &str) -> Result<bool> {
+        self.store().delete(name)
+    }
+
+    /// Marks pod `pod` ready or not, and re-derives every EndpointSlice.
+    ///
+    /// # Errors
+    /// If the pod is unknown or the state cannot be written.
+    pub fn set_pod_ready(&self, pod: &str, ready: bool) -> Result<()> {
+        self.update_pod(pod, |s| s.ready = ready)
+    }
+
+    /// Marks pod `pod` terminating (deletion requested) or not, and re-derives every
+    /// EndpointSlice. The pod keeps running and answering, as a real pod does during its grace
+    /// period.
+    ///
+    /// # Errors
+    /// If the pod is unknown or the state cannot be written.
+    pub fn set_pod_terminating(&self, pod: &str, terminating: bool) -> Result<()> {
+        self.update_pod(pod, |s| s.terminating = terminating)
+    }
+
+    /// Pod `pod`'s readiness and termination state.
+    ///
+    /// # Errors
+    /// If the pod is unknown or the state file is unreadable.
+    pub fn pod_state(&self, pod: &str) -> Result<PodState> {
+        let pod = self.known_pod(pod)?;
+        Ok(PodStates::load(&self.state.pod_states())?.get(&pod.name))
+    }
+
+    fn update_pod(&self, pod: &str, change: impl FnOnce(&mut PodState)) -> Result<()> {
+        let name = self.known_pod(pod)?.name.clone();
+        let path = self.state.pod_states();
+        let mut states = PodStates::load(&path)?;
+        states.update(&name, change);
+        states.save(&path)?;
+        self.store().rerender_all()
+    }
+
+    fn known_pod(&self, pod: &str) -> Result<&Pod> {
+        self.plan
+            .pod(pod)
+            .with_context(|| format!("no pod `{pod}` in the lab"))
+    }
+
+    fn store(&self) -> Store<'_> {
+        Store {
+            state: &self.state,
+            pods: &self.plan.pods,
+        }
+    }
+
+    fn build(&self, opts: &UpOptions) -> Result<()> {
+        self.prepare_state_dir()?;
+        println!(
+            "lab: creating {} network namespaces",
+            self.plan.namespaces().len()
+        );
+        topology::create(&self.plan)?;
+        for pod in &self.plan.pods {
+            self.start_echo(pod)?;
+        }
+        if self.agents {
+            if bpffs::ensure_mounted()? {
+                println!("lab: mounted the BPF filesystem on {}", bpffs::BPFFS);
+            }
+            for node in &self.plan.nodes {
+                self.start_agent(node, &opts.agent_args)?;
+            }
+        }
+        self.wait_ready(opts.ready_timeout)?;
+        println!(
+            "lab: up: {} nodes, {} pods{}",
+            self.plan.nodes.len(),
+            self.plan.pods.len(),
+            if self.agents {
+                ", agents ready"
+            } else {
+                ", no agents"
+            }
+        );
+        Ok(())
+    }
+
+    /// Starts from clean runtime state: no pids, ready files, manifests or pod states from an
+    /// earlier lab. Logs are overwritten per process as it starts.
+    fn prepare_state_dir(&self) -> Result<()> {
+        let s = &self.state;
+        for dir in [s.manifests(), s.applied(), s.pids()] {
+            remove_dir_if_exists(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        for dir in [s.manifests(), s.applied(), s.pids(), s.logs()] {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        for node in &self.plan.nodes {
+            remove_file_if_exists(&s.ready_file(&node.name))?;
+        }
+        PodStates::all_default(self.plan.pods.iter().map(|p| p.name.as_str())).save(&s.pod_states())
+    }
+
+    fn start_echo(&self, pod: &Pod) -> Result<PidRecord> {
+        let args: Vec<OsString> = vec![
+            "echo".into(),
+            "--name".into(),
+            pod.name.clone().into(),
+            "--port".into(),
+            ECHO_PORT.to_string().into(),
+        ];
+        process::spawn(&DaemonSpec {
+            ns: pod.ns.clone(),
+            program: self.bins.lab.clone(),
+            args,
+            log: self.state.echo_log(&pod.name),
+            pid_file: self.state.echo_pid(&pod.name),
+        })
+        .with_context(|| format!("starting the echo server of pod {}", pod.name))
+    }
+
+    fn start_agent(&self, node: &Node, extra: &[String]) -> Result<PidRecord> {
+        let pin_dir = bpffs::pin_dir(&node.name);
+        fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("cannot create {}", pin_dir.display()))?;
+        let mut args: Vec<OsString> = vec!["--node-name".into(), node.name.clone().into()];
+        let mut source = OsString::from("file:");
+        source.push(self.state.manifests());
+        args.extend([
+            "--source".into(),
+            source,
+            "--pin-dir".into(),
+            pin_dir.into(),
+            "--ready-file".into(),
+            self.state.ready_file(&node.name).into(),
+        ]);
+        args.extend(extra.iter().map(OsString::from));
+        process::spawn(&DaemonSpec {
+            ns: node.ns.clone(),
+            program: self.bins.agent.clone(),
+            args,
+            log: self.state.agent_log(&node.name),
+            pid_file: self.state.agent_pid(&node.name),
+        })
+        .with_context(|| format!("starting the agent of node {}", node.name))
+    }
+
+    /// Waits for every echo server to accept on 127.0.0.1:8080 in its pod and every agent's
+    /// ready file; fails early if one of them exits.
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<Waiting> = self
+            .plan
+            .pods
+            .iter()
+            .map(|p| Waiting::Echo(p.clone()))
+            .collect();
+        if self.agents {
+            pending.extend(
+                self.plan
+                    .nodes
+                    .iter()
+                    .map(|n| Waiting::Agent(n.name.clone())),
+            );
+        }
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for w in pending {
+                if self.is_ready(&w)? {
+                    continue;
+                }
+                if !self.is_running(&w)? {
+                    bail!(
+                        "{w} exited before it was ready; last lines of {}:\n{}",
+                        self.log_of(&w).display(),
+                        process::log_tail(&self.log_of(&w), LOG_TAIL_LINES)
+                    );
+                }
+                still.push(w);
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let first = &pending[0];
+                bail!(
+                    "not ready after {:?}: {}; last lines of {}:\n{}",
+                    timeout,
+                    pending
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.log_of(first).display(),
+                    process::log_tail(&self.log_of(first), LOG_TAIL_LINES)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self, w: &Waiting) -> Result<bool> {
+        Ok(match w {
+            Waiting::Echo(pod) => netns::run_in(&pod.ns, || {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ECHO_PORT));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?,
+            Waiting::Agent(node) => self.state.ready_file(node).exists(),
+        })
+    }
+
+    fn is_running(&self, w: &Waiting) -> Result<bool> {
+        let pid_file = match w {
+            Waiting::Echo(pod) => self.state.echo_pid(&pod.name),
+            Waiting::Agent(node) => self.state.agent_pid(node),
+        };
+        Ok(process::read_pid_file(&pid_file)?.is_some_and(process::is_alive))
+    }
+
+    fn log_of(&self, w: &Waiting) -> PathBuf {
+        match w {
+            Waiting::Echo(pod) => self.state.echo_log(&pod.name),
+            Waiting::Agent(node) => self.state.agent_log(node),
+        }
+    }
+}
+
+/// Something `up` waits for.
+enum Waiting {
+    Echo(Pod),
+    Agent(String),
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waiting::Echo(pod) => write!(f, "echo server of pod {}", pod.name),
+            Waiting::Agent(node) => write!(f, "agent of node {node}"),
+        }
+    }
+}
+
+/// A [`Lab`] that is torn down when dropped; derefs to the lab.
+#[derive(Debug)]
+pub struct DownOnDrop(Option<Lab>);
+
+impl DownOnDrop {
+    /// Tears down now and reports what was removed.
+    ///
+    /// # Errors
+    /// As [`teardown`].
+    pub fn down(mut self) -> Result<Teardown> {
+        match self.0.take() {
+            Some(lab) => lab.down(),
+            None => Ok(Teardown::default()),
+        }
+    }
+
+    /// Leaves the lab up after all and hands it back.
+    pub fn keep(mut self) -> Lab {
+        self.0.take().expect("lab already torn down")
+    }
+}
+
+impl std::ops::Deref for DownOnDrop {
+    type Target = Lab;
+
+    fn deref(&self) -> &Lab {
+        // Only `down` empties it, and that consumes the wrapper.
+        self.0.as_ref().expect("lab already torn down")
+    }
+}
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0.take() {
+            if let Err(e) = lab.down() {
+                eprintln!("lab: teardown failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// Checks, before touching anything, what `up` needs.
+fn preflight(bins: &Binaries, opts: &UpOptions) -> Result<()> {
+    if !crate::testing::is_root() {
+        bail!("must run as root to create network namespaces (try sudo)");
+    }
+    crate::cmd::ip(&["-V"]).context("iproute2's `ip` is needed to build the lab")?;
+    let mut needed = vec![("lb-lab", &bins.lab)];
+    if !opts.no_agents {
+        needed.push(("lb-agent", &bins.agent));
+    }
+    for (what, path) in needed {
+        if !path.is_file() {
+            bail!(
+                "{what} binary not found at {} (run `cargo xtask build`)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A command that will run `args` inside namespace `ns` (short or full name).
+///
+/// # Errors
+/// If `args` is empty or the namespace does not exist.
+pub fn command_in<S: AsRef<std::ffi::OsStr>>(ns: &str, args: &[S]) -> Result<Command> {
+    let Some((program, rest)) = args.split_first() else {
+        bail!("no command given to run in {ns}");
+    };
+    let ns = netns::qualify(ns);
+    let mut cmd = Command::new(program);
+    cmd.args(rest);
+    netns::enter_on_spawn(&mut cmd, &ns)?;
+    Ok(cmd)
+}

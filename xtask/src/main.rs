@@ -1,0 +1,50 @@
+//! `cargo xtask`: build, test, lab and demo automation for lb.
+
+mod build;
+mod demo;
+mod run;
+mod test;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and run lb")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object and the userspace binaries (installs missing toolchain pieces).
+    Build(build::BuildArgs),
+    /// The main job: a simulated Kind cluster with ClusterIP services, exercised from pods.
+    Demo(demo::DemoArgs),
+    /// Run every test: host unit tests, BPF packet tests and lab tests.
+    Test(test::TestArgs),
+    /// Manage the network-namespace lab (a simulated Kind cluster).
+    Lab {
+        #[command(subcommand)]
+        cmd: lb_lab::cli::LabCommand,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Build(args) => build::run_build(&args).map(|_| ()),
+        Cmd::Demo(args) => demo::run_demo(&args),
+        Cmd::Test(args) => test::run_tests(&args),
+        Cmd::Lab { cmd } => {
+            // Only `up` starts binaries; the rest work on what is already there.
+            let artifacts = if matches!(cmd, lb_lab::cli::LabCommand::Up { .. }) {
+                build::run_build(&build::BuildArgs::default())?
+            } else {
+                build::Artifacts::existing(false)
+            };
+            lb_lab::cli::run(cmd, &artifacts.lab_binaries())
+        }
+    }
+}
