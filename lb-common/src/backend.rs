@@ -53,7 +53,17 @@ impl Backend {
     }
 }
 
-user_pod!(BackendSlotKey, Backend);
+/// Traffic through one backend, both directions, since the backend id was allocated. An
+/// array indexed by [`BackendId`], updated with atomic adds (a per-CPU array of every possible
+/// backend would cost megabytes per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+user_pod!(BackendSlotKey, Backend, BackendStats);
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod affinity;
 pub mod backend;
 pub mod checksum;
 pub mod config;
@@ -18,12 +19,15 @@ pub mod frontend;
 pub mod hash;
 pub mod maps;
 pub mod reason;
+pub mod service_name;
 
-pub use backend::{Backend, BackendId, BackendSlotKey};
+pub use affinity::{AffinityEntry, AffinityKey};
+pub use backend::{Backend, BackendId, BackendSlotKey, BackendStats};
 pub use config::Config;
 pub use conntrack::{CtEntry, CtKey, CtState};
 pub use frontend::{Frontend, FrontendKey};
 pub use reason::Reason;
+pub use service_name::ServiceName;
 
 /// IP protocol numbers the datapath handles.
 pub mod proto {

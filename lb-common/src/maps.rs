@@ -15,14 +15,24 @@ pub const COUNTERS: &str = "LB_COUNTERS";
 /// One [`crate::Config`].
 pub const CONFIG: &str = "LB_CONFIG";
 
+/// [`crate::BackendId`] -> [`crate::BackendStats`], an array.
+pub const BACKEND_STATS: &str = "LB_BE_STATS";
+/// [`crate::AffinityKey`] -> [`crate::AffinityEntry`], LRU.
+pub const AFFINITY: &str = "LB_AFFINITY";
+/// Service id -> [`crate::ServiceName`]; written by the agent, read by lbctl only.
+pub const SERVICE_NAMES: &str = "LB_SVC_NAMES";
+
 /// Every map the agent pins, for tools that walk them.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 9] = [
     FRONTENDS,
     BACKEND_SLOTS,
     BACKENDS,
     CONNTRACK,
     COUNTERS,
     CONFIG,
+    BACKEND_STATS,
+    AFFINITY,
+    SERVICE_NAMES,
 ];
 
 pub const FRONTENDS_MAX: u32 = 131_072;
@@ -31,6 +41,10 @@ pub const BACKENDS_MAX: u32 = 262_144;
 /// Cilium's default is 512k TCP + 256k other per node; one shared LRU of 256k entries (two
 /// per flow) costs about 30 MiB of kernel memory.
 pub const CONNTRACK_MAX: u32 = 262_144;
+/// One name per service port.
+pub const SERVICE_NAMES_MAX: u32 = FRONTENDS_MAX;
+/// One client per entry per service with ClientIP affinity; LRU, so idle clients make room.
+pub const AFFINITY_MAX: u32 = 65_536;
 /// Room for reasons added later without changing the map.
 pub const COUNTERS_MAX: u32 = 64;
 

@@ -9,7 +9,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    maps, Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey, Reason,
+    maps, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats, Config,
+    CtEntry, CtKey, Frontend, FrontendKey, Reason,
 };
 use lb_lab::testing::PinDir;
 
@@ -94,11 +95,27 @@ impl Datapath {
         proto: u8,
         backends: &[(Ipv4Addr, u16)],
     ) -> u32 {
+        self.add_service_with_affinity(vip, port, proto, backends, 0)
+            .0
+    }
+
+    /// As [`Datapath::add_service`] with ClientIP session affinity (0 = off); also returns
+    /// the backend ids in slot order.
+    pub fn add_service_with_affinity(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        backends: &[(Ipv4Addr, u16)],
+        affinity_timeout_s: u32,
+    ) -> (u32, Vec<BackendId>) {
+        let mut ids = Vec::new();
         let service_id = self.next_service;
         self.next_service += 1;
         for (slot, (ip, bport)) in backends.iter().enumerate() {
             let id = self.next_backend;
             self.next_backend += 1;
+            ids.push(id);
             self.hash_map::<BackendId, Backend>(maps::BACKENDS)
                 .insert(id, Backend::new(*ip, *bport, proto), 0)
                 .expect("insert backend");
@@ -114,12 +131,39 @@ impl Datapath {
             service_id,
             backend_count: backends.len() as u16,
             flags: lb_common::frontend::flags::CLUSTER_IP,
+            affinity_timeout_s,
             ..Default::default()
         };
         self.hash_map::<FrontendKey, Frontend>(maps::FRONTENDS)
             .insert(FrontendKey::new(vip, port, proto), fe, 0)
             .expect("insert frontend");
-        service_id
+        (service_id, ids)
+    }
+
+    /// Points slot `slot` of `service_id` at `backend` (as a backend change would).
+    pub fn set_slot(&mut self, service_id: u32, slot: u32, backend: BackendId) {
+        self.hash_map::<BackendSlotKey, BackendId>(maps::BACKEND_SLOTS)
+            .insert(BackendSlotKey { service_id, slot }, backend, 0)
+            .expect("insert slot");
+    }
+
+    pub fn affinity_get(&mut self, key: &AffinityKey) -> Option<AffinityEntry> {
+        self.hash_map::<AffinityKey, AffinityEntry>(maps::AFFINITY)
+            .get(key, 0)
+            .ok()
+    }
+
+    pub fn affinity_set(&mut self, key: AffinityKey, entry: AffinityEntry) {
+        self.hash_map::<AffinityKey, AffinityEntry>(maps::AFFINITY)
+            .insert(key, entry, 0)
+            .expect("insert affinity");
+    }
+
+    pub fn backend_stats(&mut self, id: BackendId) -> BackendStats {
+        let stats: Array<&mut MapData, BackendStats> =
+            Array::try_from(self.ebpf.map_mut(maps::BACKEND_STATS).expect("stats map"))
+                .expect("array");
+        stats.get(&id, 0).expect("stats entry")
     }
 
     pub fn set_hash_seed(&mut self, seed: u32) {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use lb_common::{
     conntrack::{dir, tcp_flags::*},
     proto::{TCP, UDP},
-    CtKey, CtState, Reason,
+    AffinityEntry, AffinityKey, CtKey, CtState, Reason,
 };
 use lb_ebpf_tests::{
     packet::{assert_only_changed, check, sock},
@@ -337,6 +337,116 @@ fn new_flows_spread_over_all_backends() {
         }
     }
     assert!(a > 60 && b > 60, "uneven spread: {a} vs {b}");
+}
+
+/// The backend a SYN from `client:port` to the VIP was sent to.
+fn backend_for(dp: &mut Datapath, client: [u8; 4], port: u16) -> Ipv4Addr {
+    let syn = PacketSpec::tcp(sock(client, port), sock(VIP.octets(), 80), SYN).build();
+    *check(&dp.run(Program::FromPod, &syn).unwrap().data)
+        .dst
+        .ip()
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_to_one_backend() {
+    datapath_or_skip!("client_ip_affinity_pins_a_client_to_one_backend");
+    let mut dp = Datapath::load().unwrap();
+    dp.set_hash_seed(0xfeed);
+    let backends = [(BACKEND_A, 8080), (BACKEND_B, 8080)];
+    dp.add_service_with_affinity(VIP, 80, TCP, &backends, 10_800);
+
+    let first = backend_for(&mut dp, CLIENT, 42000);
+    for port in 42001..42100 {
+        assert_eq!(
+            backend_for(&mut dp, CLIENT, port),
+            first,
+            "port {port} left its backend"
+        );
+    }
+    // Other clients still spread.
+    let others: std::collections::BTreeSet<_> = (1..=40)
+        .map(|i| backend_for(&mut dp, [10, 244, 2, i], 42000))
+        .collect();
+    assert_eq!(
+        others.len(),
+        2,
+        "affinity must not pin everybody to one backend"
+    );
+}
+
+#[test]
+fn affinity_ends_when_it_times_out_or_the_backend_leaves() {
+    datapath_or_skip!("affinity_ends_when_it_times_out_or_the_backend_leaves");
+    let mut dp = Datapath::load().unwrap();
+    let backends = [(BACKEND_A, 8080), (BACKEND_B, 8080)];
+    let (service_id, ids) = dp.add_service_with_affinity(VIP, 80, TCP, &backends, 1);
+    let key = AffinityKey {
+        service_id,
+        client_addr: be(CLIENT.into()),
+    };
+    // Pin the client to slot 2 (BACKEND_B) with a fresh stamp: it sticks.
+    backend_for(&mut dp, CLIENT, 43000);
+    let fresh = dp
+        .affinity_get(&key)
+        .expect("affinity entry after a new connection");
+    dp.affinity_set(
+        key,
+        AffinityEntry {
+            backend_id: ids[1],
+            slot: 2,
+            ..fresh
+        },
+    );
+    assert_eq!(backend_for(&mut dp, CLIENT, 43001), BACKEND_B);
+
+    // Stamped at boot, older than the 1 s timeout: chosen anew, and re-stamped.
+    dp.affinity_set(
+        key,
+        AffinityEntry {
+            last_used_ns: 0,
+            backend_id: ids[1],
+            slot: 2,
+        },
+    );
+    backend_for(&mut dp, CLIENT, 43002);
+    assert!(
+        dp.affinity_get(&key).unwrap().last_used_ns > 0,
+        "a new choice is recorded"
+    );
+
+    // The slot now holds another backend: BACKEND_B no longer serves the service here.
+    dp.affinity_set(
+        key,
+        AffinityEntry {
+            backend_id: ids[1],
+            slot: 2,
+            ..fresh
+        },
+    );
+    dp.set_slot(service_id, 2, ids[0]);
+    assert_eq!(backend_for(&mut dp, CLIENT, 43003), BACKEND_A);
+}
+
+#[test]
+fn backend_counters_add_up_both_directions() {
+    datapath_or_skip!("backend_counters_add_up_both_directions");
+    let mut dp = Datapath::load().unwrap();
+    let (_, ids) = dp.add_service_with_affinity(VIP, 80, TCP, &[(BACKEND_A, 8080)], 0);
+    let syn = PacketSpec::tcp(sock(CLIENT, 44000), sock(VIP.octets(), 80), SYN).build();
+    let syn_ack = PacketSpec::tcp(
+        sock(BACKEND_A.octets(), 8080),
+        sock(CLIENT, 44000),
+        SYN | ACK,
+    )
+    .payload(b"hello")
+    .build();
+    dp.run(Program::FromPod, &syn).unwrap();
+    dp.run(Program::ToPod, &syn_ack).unwrap();
+    dp.run(Program::FromPod, &syn).unwrap();
+
+    let stats = dp.backend_stats(ids[0]);
+    assert_eq!(stats.packets, 3);
+    assert_eq!(stats.bytes, (2 * syn.len() + syn_ack.len()) as u64);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::{maps::LB_CT, parse::Packet};
 /// The forward entry of a live flow, with this packet folded in. `None` if there is none,
 /// it has expired, or the packet opens a new connection on a finished flow's tuple.
 #[inline(always)]
-pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16)> {
+pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16, BackendId)> {
     let entry = LB_CT.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run; concurrent updates of `seen` and
     // `last_seen_ns` from other CPUs can race, and either value is acceptable.
@@ -22,7 +22,7 @@ pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16)> {
         }
         (*entry).seen |= seen_bits(pkt.tcp_flags, dir::FORWARD);
         (*entry).last_seen_ns = now;
-        Some(((*entry).nat_addr, (*entry).nat_port))
+        Some(((*entry).nat_addr, (*entry).nat_port, (*entry).backend_id))
     }
 }
 
@@ -79,7 +79,7 @@ pub fn create(
 /// The service address a reply must carry as its source, if the reply belongs to a tracked
 /// flow; the flow's forward entry learns what the reply showed (SYN-ACK, FIN, RST).
 #[inline(always)]
-pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16)> {
+pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16, BackendId)> {
     // SAFETY: copied out at once.
     let reply = unsafe { LB_CT.get(key).copied() }?;
     let forward_key = key.forward_of_reply(&reply);
@@ -90,5 +90,5 @@ pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16)> {
             (*forward).last_seen_ns = now;
         }
     }
-    Some((reply.nat_addr, reply.nat_port))
+    Some((reply.nat_addr, reply.nat_port, reply.backend_id))
 }

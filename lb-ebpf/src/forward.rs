@@ -6,7 +6,9 @@ use aya_log_ebpf::debug;
 use lb_common::{conntrack::dir, CtKey, Reason};
 
 use crate::{
-    backend, conntrack, counters::count, frontend, nat, parse, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    backend, conntrack,
+    counters::{count, count_backend},
+    frontend, nat, parse, TC_ACT_SHOT, TC_ACT_UNSPEC,
 };
 
 #[inline(always)]
@@ -46,19 +48,21 @@ fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
         dir::FORWARD,
     );
 
-    if let Some((addr, port)) = conntrack::forward_hit(&key, &pkt, now) {
+    if let Some((addr, port, backend_id)) = conntrack::forward_hit(&key, &pkt, now) {
         nat::dnat(ctx, &pkt, addr, port)?;
         count(Reason::EstablishedFlow);
+        count_backend(backend_id, ctx.len());
         return Ok(());
     }
 
     let Some(fe) = frontend::lookup(&pkt) else {
         return Ok(());
     };
-    let (backend_id, backend) = backend::select(&fe, &pkt)?;
+    let (backend_id, backend) = backend::select(&fe, &pkt, now)?;
     conntrack::create(&key, &pkt, &fe, backend_id, &backend, now)?;
     nat::dnat(ctx, &pkt, backend.addr, backend.port)?;
     count(Reason::NewFlow);
+    count_backend(backend_id, ctx.len());
     debug!(
         ctx,
         "new flow {:i}:{} -> {:i}:{} via backend {}",

@@ -7,6 +7,8 @@
 //!   from backends get the service address back as their source, wherever the backend ran.
 #![no_std]
 #![no_main]
+// BPF inline assembly (the atomic add in counters.rs) is not yet stable.
+#![feature(asm_experimental_arch)]
 
 mod backend;
 mod conntrack;

@@ -7,8 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    maps::{BACKENDS_MAX, BACKEND_SLOTS_MAX, CONNTRACK_MAX, COUNTERS_MAX, FRONTENDS_MAX},
-    Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey,
+    maps::{
+        AFFINITY_MAX, BACKENDS_MAX, BACKEND_SLOTS_MAX, CONNTRACK_MAX, COUNTERS_MAX, FRONTENDS_MAX,
+        SERVICE_NAMES_MAX,
+    },
+    AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats, Config, CtEntry,
+    CtKey, Frontend, FrontendKey, ServiceName,
 };
 
 // Service maps are sparse and written only by the agent: no preallocation, so their memory
@@ -35,3 +39,17 @@ pub static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_MAX, 0);
 
 #[map]
 pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map]
+pub static LB_BE_STATS: Array<BackendStats> = Array::pinned(BACKENDS_MAX, 0);
+
+// Written per new connection of affinity services; LRU so idle clients make room.
+#[map]
+pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::pinned(AFFINITY_MAX, 0);
+
+// Never read here: it lives beside the datapath's maps so lbctl can name services from
+// bpffs alone.
+#[map]
+pub static LB_SVC_NAMES: HashMap<u32, ServiceName> =
+    HashMap::pinned(SERVICE_NAMES_MAX, BPF_F_NO_PREALLOC);

@@ -3,7 +3,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use lb_common::{conntrack::dir, CtKey, Reason};
 
-use crate::{conntrack, counters::count, forward::verdict, nat, parse, TC_ACT_UNSPEC};
+use crate::{
+    conntrack,
+    counters::{count, count_backend},
+    forward::verdict,
+    nat, parse, TC_ACT_UNSPEC,
+};
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -28,10 +33,11 @@ fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
     );
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((addr, port)) = conntrack::reply_hit(&key, &pkt, now) else {
+    let Some((addr, port, backend_id)) = conntrack::reply_hit(&key, &pkt, now) else {
         return Ok(());
     };
     nat::snat(ctx, &pkt, addr, port)?;
     count(Reason::ReplyTranslated);
+    count_backend(backend_id, ctx.len());
     Ok(())
 }
