@@ -1,24 +1,33 @@
 //! Attaches the programs to pod interfaces with tcx, and keeps them attached as pods come
-//! and go.
+//! and go, and across agent restarts and upgrades.
 //!
 //! Interfaces are listed with `if_nameindex(3)`, which asks the kernel about the network
 //! namespace this thread is in; /sys/class/net would describe whichever namespace /sys was
 //! mounted in, which is not ours when the agent was moved into a node's namespace with
 //! setns. tcx (Linux 6.6+) links coexist with other tc programs (a CNI's) instead of
-//! replacing them, and are detached by the kernel when the interface goes away or when
-//! this process drops them.
+//! replacing them.
+//!
+//! With a links directory on bpffs, every link is pinned there as `<direction>/<iface>`, so
+//! the programs stay attached while the agent is down (killed, restarting, upgrading). The
+//! next agent adopts each pinned link by swapping its program for the newly loaded one with
+//! BPF_LINK_UPDATE: one atomic step, so no packet ever goes untranslated or sees two
+//! programs.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     programs::{
-        links::LinkOrder,
+        links::{FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         ProgramError, SchedClassifier, TcAttachType,
     },
     Ebpf,
 };
 use nix::net::if_::{if_nameindex, if_nametoindex};
+use tracing::debug;
 
 use crate::loader::{FROM_POD, TO_POD};
 
@@ -37,19 +46,41 @@ pub enum AttachError {
         direction: &'static str,
         source: Box<ProgramError>,
     },
+    #[error("pinning the link of {program} on {iface} at {path} failed")]
+    Pin {
+        program: &'static str,
+        iface: String,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot use the links directory {path}")]
+    LinksDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// Both programs on one interface. Dropping it detaches them.
+/// One program's hold on an interface.
+enum Held {
+    /// Detached when dropped.
+    Owned(#[allow(dead_code)] SchedClassifierLink),
+    /// Stays attached through its pin; removing the pin detaches.
+    Pinned(PinnedLink),
+}
+
+/// Both programs on one interface.
 struct Attachment {
     ifindex: u32,
-    _links: [SchedClassifierLink; 2],
+    links: [Held; 2],
 }
 
 /// What a rescan changed.
 #[derive(Debug, Default)]
 pub struct ScanReport {
-    /// Interfaces the programs were attached to.
+    /// Interfaces the programs were newly attached to.
     pub attached: Vec<String>,
+    /// Interfaces whose pinned links (left by an earlier agent) now run this agent's programs.
+    pub adopted: Vec<String>,
     /// Interfaces that went away (or were replaced by a new one with the same name).
     pub gone: Vec<String>,
     /// Interfaces that could not be attached to; each failure is reported once per
@@ -57,22 +88,46 @@ pub struct ScanReport {
     pub failed: Vec<AttachError>,
 }
 
+/// The programs and where they go, in the order they are attached.
+const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    (FROM_POD, TcAttachType::Ingress, "ingress"),
+    (TO_POD, TcAttachType::Egress, "egress"),
+];
+
 /// The set of interfaces the programs are attached to.
 pub struct Attacher {
     prefix: String,
+    /// Where links are pinned; `None`: links live as long as this attacher.
+    links_dir: Option<PathBuf>,
     attached: BTreeMap<String, Attachment>,
     /// Interfaces (name, ifindex) whose last attach failed, so failures are reported once.
     failing: BTreeMap<String, u32>,
 }
 
 impl Attacher {
-    /// An attacher for interfaces whose name starts with `prefix`.
+    /// An attacher for interfaces whose name starts with `prefix`; links are detached when
+    /// it is dropped.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            links_dir: None,
             attached: BTreeMap::new(),
             failing: BTreeMap::new(),
         }
+    }
+
+    /// An attacher whose links are pinned in `links_dir` (on bpffs, created if missing):
+    /// they outlive the agent, and the next agent adopts them.
+    pub fn pinned(prefix: impl Into<String>, links_dir: &Path) -> Result<Self, AttachError> {
+        for (_, _, direction) in PROGRAMS {
+            let dir = links_dir.join(direction);
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| AttachError::LinksDir { path: dir, source })?;
+        }
+        Ok(Self {
+            links_dir: Some(links_dir.to_owned()),
+            ..Self::new(prefix)
+        })
     }
 
     /// Names of the interfaces the programs are attached to, sorted.
@@ -80,9 +135,10 @@ impl Attacher {
         self.attached.keys().map(String::as_str)
     }
 
-    /// Attaches to every matching interface not yet attached, and forgets the ones that are
-    /// gone. An interface deleted and recreated under the same name between two scans has
-    /// a new index and is attached anew.
+    /// Attaches to (or adopts the pinned links of) every matching interface not yet
+    /// handled, forgets the ones that are gone, and unpins links of interfaces that no
+    /// longer exist. An interface deleted and recreated under the same name between two
+    /// scans has a new index and is attached anew.
     pub fn rescan(&mut self, ebpf: &mut Ebpf) -> Result<ScanReport, AttachError> {
         let current: BTreeMap<String, u32> = if_nameindex()
             .map_err(AttachError::List)?
@@ -92,31 +148,36 @@ impl Attacher {
             .collect();
 
         let mut report = ScanReport::default();
-        self.attached.retain(|name, a| {
-            let alive = current.get(name) == Some(&a.ifindex);
-            if !alive {
-                report.gone.push(name.clone());
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, a)| current.get(*name) != Some(&a.ifindex))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(attachment) = self.attached.remove(&name) {
+                release(attachment);
             }
-            alive
-        });
+            report.gone.push(name);
+        }
         self.failing
             .retain(|name, index| current.get(name) == Some(index));
+        self.unpin_vanished(&current);
 
         for (name, &ifindex) in &current {
             if self.attached.contains_key(name) {
                 continue;
             }
-            match attach_both(ebpf, name) {
-                Ok(links) => {
+            match self.attach_or_adopt(ebpf, name) {
+                Ok((links, adopted)) => {
                     self.failing.remove(name);
-                    self.attached.insert(
-                        name.clone(),
-                        Attachment {
-                            ifindex,
-                            _links: links,
-                        },
-                    );
-                    report.attached.push(name.clone());
+                    self.attached
+                        .insert(name.clone(), Attachment { ifindex, links });
+                    if adopted {
+                        report.adopted.push(name.clone());
+                    } else {
+                        report.attached.push(name.clone());
+                    }
                 }
                 Err(e) => {
                     if self.failing.insert(name.clone(), ifindex) != Some(ifindex) {
@@ -133,24 +194,147 @@ impl Attacher {
     pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<(), AttachError> {
         let ifindex =
             if_nametoindex(iface).map_err(|_| AttachError::UnknownInterface(iface.to_owned()))?;
-        let links = attach_both(ebpf, iface)?;
-        self.attached.insert(
-            iface.to_owned(),
-            Attachment {
-                ifindex,
-                _links: links,
-            },
-        );
+        let (links, _) = self.attach_or_adopt(ebpf, iface)?;
+        self.attached
+            .insert(iface.to_owned(), Attachment { ifindex, links });
         Ok(())
+    }
+
+    /// Both programs on `iface`, or neither: if the second fails, the first is released.
+    /// True when both came from pinned links.
+    fn attach_or_adopt(
+        &self,
+        ebpf: &mut Ebpf,
+        iface: &str,
+    ) -> Result<([Held; 2], bool), AttachError> {
+        let [(p0, t0, d0), (p1, t1, d1)] = PROGRAMS;
+        let (first, adopted0) = self.hold(ebpf, iface, p0, t0, d0)?;
+        let (second, adopted1) = match self.hold(ebpf, iface, p1, t1, d1) {
+            Ok(held) => held,
+            Err(e) => {
+                // Only what this call attached: an adopted link keeps serving.
+                if !adopted0 {
+                    release_one(first);
+                }
+                return Err(e);
+            }
+        };
+        Ok(([first, second], adopted0 && adopted1))
+    }
+
+    fn hold(
+        &self,
+        ebpf: &mut Ebpf,
+        iface: &str,
+        program: &'static str,
+        attach_type: TcAttachType,
+        direction: &'static str,
+    ) -> Result<(Held, bool), AttachError> {
+        let Some(dir) = &self.links_dir else {
+            return Ok((
+                Held::Owned(attach_one(ebpf, program, iface, attach_type)?),
+                false,
+            ));
+        };
+        let path = dir.join(direction).join(pin_name(iface));
+        if path.exists() {
+            match adopt(ebpf, program, &path) {
+                Ok(()) => {
+                    let pinned = PinnedLink::from_pin(&path)
+                        .map_err(|e| pin_err(program, iface, &path, e))?;
+                    return Ok((Held::Pinned(pinned), true));
+                }
+                // Typically ENOLINK: the interface it was attached to was deleted (and maybe
+                // recreated under the same name) while no agent was watching.
+                Err(e) => {
+                    debug!(path = %path.display(), "replacing a pinned link that cannot be adopted: {e}");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let link = attach_one(ebpf, program, iface, attach_type)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(program, iface, &path, e))?;
+        let pinned = fd_link
+            .pin(&path)
+            .map_err(|e| pin_err(program, iface, &path, e))?;
+        Ok((Held::Pinned(pinned), false))
+    }
+
+    /// Unpins links whose interface no longer exists (deleted while the agent was down, or
+    /// never reported gone by a rescan).
+    fn unpin_vanished(&self, current: &BTreeMap<String, u32>) {
+        let Some(dir) = &self.links_dir else {
+            return;
+        };
+        for (_, _, direction) in PROGRAMS {
+            let Ok(entries) = std::fs::read_dir(dir.join(direction)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Some(iface) = entry.file_name().to_str().map(iface_of_pin) else {
+                    continue;
+                };
+                if !current.contains_key(&iface) && !self.attached.contains_key(&iface) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 }
 
-/// Attaches both programs, or neither: if the second fails, the first is detached when its
-/// link is dropped.
-fn attach_both(ebpf: &mut Ebpf, iface: &str) -> Result<[SchedClassifierLink; 2], AttachError> {
-    let ingress = attach_one(ebpf, FROM_POD, iface, TcAttachType::Ingress)?;
-    let egress = attach_one(ebpf, TO_POD, iface, TcAttachType::Egress)?;
-    Ok([ingress, egress])
+/// bpffs refuses names with a dot (reserved for its own files), and interface names may
+/// have one (`eth0.100`) but never a colon.
+fn pin_name(iface: &str) -> String {
+    iface.replace('.', ":")
+}
+
+fn iface_of_pin(pin: &str) -> String {
+    pin.replace(':', ".")
+}
+
+fn pin_err(
+    program: &'static str,
+    iface: &str,
+    path: &Path,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> AttachError {
+    AttachError::Pin {
+        program,
+        iface: iface.to_owned(),
+        path: path.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Points the pinned link at `path` at this agent's `program`, atomically.
+fn adopt(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let fd_link = FdLink::from(PinnedLink::from_pin(path)?);
+    let link = SchedClassifierLink::try_from(fd_link)?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(program)
+        .ok_or(AttachError::MissingProgram(program))?
+        .try_into()?;
+    let id = prog.attach_to_link(link)?;
+    // The pin keeps the link; the program's own copy of the descriptor can go.
+    drop(prog.take_link(id)?);
+    Ok(())
+}
+
+/// Detaches what an attachment holds: a pinned link goes when its pin is removed.
+fn release(attachment: Attachment) {
+    for held in attachment.links {
+        release_one(held);
+    }
+}
+
+fn release_one(held: Held) {
+    if let Held::Pinned(pinned) = held {
+        let _ = pinned.unpin();
+    }
 }
 
 fn attach_one(
@@ -190,8 +374,8 @@ fn attach_one(
             }
             e => err(e),
         })?;
-    // Owning the link (rather than leaving it in the program) lets it be dropped per
-    // interface.
+    // Owning the link (rather than leaving it in the program) lets it be dropped or pinned
+    // per interface.
     prog.take_link(id).map_err(err)
 }
 
@@ -286,5 +470,102 @@ mod tests {
         })
         .join()
         .expect("attach test thread");
+    }
+
+    #[test]
+    fn pin_names_avoid_dots_and_map_back() {
+        assert_eq!(pin_name("eth0.100"), "eth0:100");
+        assert_eq!(iface_of_pin(&pin_name("eth0.100")), "eth0.100");
+        assert_eq!(pin_name("veth1-client"), "veth1-client");
+    }
+
+    fn program_ids(iface: &str, attach_type: TcAttachType) -> Vec<u32> {
+        let (_, programs) = SchedClassifier::query_tcx(iface, attach_type).expect("query tcx");
+        programs.iter().map(|p| p.id()).collect()
+    }
+
+    #[test]
+    fn pinned_links_outlive_the_agent_and_the_next_agent_adopts_them() {
+        if !require_root("attaching tc programs") || !require_object() {
+            return;
+        }
+        let pins = PinDir::new("attach-pinned");
+        let pin_dir = pins.path().to_owned();
+        let links = pin_dir.join("links");
+        std::thread::spawn(move || {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare netns");
+            let load =
+                || loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off).expect("load");
+            ip("link add lbp0 type veth peer name peerp0");
+
+            let mut ebpf = load();
+            let mut agent = Attacher::pinned("lbp", &links).expect("links dir");
+            let report = agent.rescan(&mut ebpf).expect("rescan");
+            assert!(
+                report.failed.is_empty(),
+                "{:?}",
+                report
+                    .failed
+                    .iter()
+                    .map(|e| format!("{e}: {:?}", std::error::Error::source(e)))
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(report.attached, ["lbp0"]);
+            let first = program_ids("lbp0", TcAttachType::Ingress);
+            assert_eq!(first.len(), 1);
+
+            // The agent dies (kill -9 drops everything it held): the programs stay.
+            drop(agent);
+            drop(ebpf);
+            assert_eq!(program_ids("lbp0", TcAttachType::Ingress), first);
+            assert_eq!(attached_programs("lbp0", TcAttachType::Egress), [TO_POD]);
+
+            // The next agent (or a new object) takes the links over: same single slot, new
+            // program.
+            let mut ebpf = load();
+            let mut agent = Attacher::pinned("lbp", &links).expect("links dir");
+            let report = agent.rescan(&mut ebpf).expect("rescan");
+            assert_eq!(
+                (report.adopted, report.attached),
+                (vec!["lbp0".to_string()], vec![])
+            );
+            let second = program_ids("lbp0", TcAttachType::Ingress);
+            assert_eq!(second.len(), 1, "adopting must not add a second program");
+            assert_ne!(
+                second, first,
+                "the new agent's program must replace the old one"
+            );
+            assert_eq!(program_ids("lbp0", TcAttachType::Egress).len(), 1);
+
+            // The interface is replaced while no agent runs: its pinned links are defunct,
+            // so the next agent attaches afresh.
+            drop(agent);
+            drop(ebpf);
+            ip("link del lbp0");
+            ip("link add lbp0 type veth peer name peerp0");
+            let mut ebpf = load();
+            let mut agent = Attacher::pinned("lbp", &links).expect("links dir");
+            let report = agent.rescan(&mut ebpf).expect("rescan");
+            assert_eq!(
+                (report.adopted, report.attached),
+                (vec![], vec!["lbp0".to_string()])
+            );
+            assert_eq!(program_ids("lbp0", TcAttachType::Ingress).len(), 1);
+
+            // The interface is deleted while no agent runs: its pins are cleaned up.
+            drop(agent);
+            drop(ebpf);
+            ip("link del lbp0");
+            let mut ebpf = load();
+            let mut agent = Attacher::pinned("lbp", &links).expect("links dir");
+            agent.rescan(&mut ebpf).expect("rescan");
+            let left: Vec<_> = ["ingress", "egress"]
+                .iter()
+                .flat_map(|d| std::fs::read_dir(links.join(d)).expect("links dir"))
+                .collect();
+            assert!(left.is_empty(), "stale pins left: {left:?}");
+        })
+        .join()
+        .expect("pinned attach test thread");
     }
 }

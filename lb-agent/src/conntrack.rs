@@ -4,6 +4,11 @@
 //! stays pinned to its backend until the entry idles out, even after the backend is gone.
 //! kube-proxy clears such entries for UDP; TCP flows are left alone to finish or fail, since
 //! the peers notice a dead connection themselves.
+//!
+//! kube-proxy also clears the UDP entries of a service whose endpoints go from none to
+//! some, because netfilter remembered the "no backend" verdict for those flows. Our
+//! datapath creates no conntrack entry for a packet it drops for want of a backend, so
+//! there is nothing to clear in that case: the next packet finds the new backends.
 
 use std::collections::BTreeSet;
 

@@ -4,8 +4,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        core::v1::{
+            ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort,
+            ServiceSpec, ServiceStatus, SessionAffinityConfig,
+        },
+        discovery::v1::{
+            Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
+        },
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
@@ -78,6 +83,65 @@ impl ServiceBuilder {
         self
     }
 
+    /// Sets the nodePort of the last port added.
+    pub fn node_port(mut self, node_port: i32) -> Self {
+        if let Some(p) = self.spec().ports.as_mut().and_then(|p| p.last_mut()) {
+            p.node_port = Some(node_port);
+        }
+        self
+    }
+
+    /// sessionAffinity ClientIP, with `timeout` in sessionAffinityConfig when given.
+    pub fn client_ip_affinity(mut self, timeout: Option<i32>) -> Self {
+        let spec = self.spec();
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = timeout.map(|t| SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(t),
+            }),
+        });
+        self
+    }
+
+    pub fn session_affinity(mut self, value: &str) -> Self {
+        self.spec().session_affinity = Some(value.into());
+        self
+    }
+
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.spec().external_traffic_policy = Some(policy.into());
+        self
+    }
+
+    pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
+        self.spec().internal_traffic_policy = Some(policy.into());
+        self
+    }
+
+    pub fn external_ips(mut self, ips: &[&str]) -> Self {
+        self.spec().external_ips = Some(ips.iter().map(|ip| ip.to_string()).collect());
+        self
+    }
+
+    /// status.loadBalancer.ingress, one entry per address (`ip_mode` on all of them).
+    pub fn load_balancer_ingress(mut self, ips: &[&str], ip_mode: Option<&str>) -> Self {
+        self.0.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ips.iter()
+                        .map(|ip| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ip_mode: ip_mode.map(str::to_owned),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        self
+    }
+
     pub fn label(mut self, key: &str, value: &str) -> Self {
         add_label(&mut self.0.metadata, key, value);
         self
@@ -147,6 +211,33 @@ impl SliceBuilder {
     /// A terminating endpoint that still serves (as a pod in its grace period does).
     pub fn terminating(self, addr: &str) -> Self {
         self.endpoint(addr, Some(false), Some(true), Some(true))
+    }
+
+    /// Sets the zone hints of the last endpoint added.
+    pub fn hints(mut self, zones: &[&str]) -> Self {
+        if let Some(ep) = self.0.endpoints.last_mut() {
+            ep.hints = Some(EndpointHints {
+                for_zones: Some(
+                    zones
+                        .iter()
+                        .map(|z| ForZone {
+                            name: z.to_string(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            });
+        }
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
     }
 
     /// Sets the node of the last endpoint added.

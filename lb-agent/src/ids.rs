@@ -33,6 +33,13 @@ impl IdAllocator {
         }
     }
 
+    /// Makes `id` free again; the next allocation may return it.
+    pub fn release(&mut self, id: u32) {
+        if self.used.remove(&id) {
+            self.floor = self.floor.min(id);
+        }
+    }
+
     /// The lowest id that is neither 0 nor in use, now marked as used.
     pub fn allocate(&mut self) -> Result<u32, Exhausted> {
         let mut candidate = self.floor;
@@ -74,6 +81,15 @@ mod tests {
         ids.reserve(2);
         ids.reserve(0);
         assert_eq!(ids.allocate(), Ok(3));
+    }
+
+    #[test]
+    fn a_released_id_is_handed_out_again_first() {
+        let mut ids = IdAllocator::new([1, 2, 3]);
+        ids.release(2);
+        ids.release(0);
+        assert_eq!(ids.allocate(), Ok(2));
+        assert_eq!(ids.allocate(), Ok(4));
     }
 
     #[test]

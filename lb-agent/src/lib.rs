@@ -1,10 +1,13 @@
 //! The lb agent and `lbctl`: Services and EndpointSlices in, datapath maps out.
 //!
 //! The agent reads like the data's path:
-//! [`source`] (where Services and EndpointSlices come from) -> [`model`] (the desired
-//! datapath state, a pure function) -> [`plan`] (the ordered writes that turn what the maps
-//! hold into it) -> [`sync`] (applies them through [`maps`]). [`loader`] and [`attach`] put
-//! the eBPF programs in place; [`ctl`] is what `lbctl` shows.
+//! [`source`] (where Services, EndpointSlices and this [`node`] come from, as events) ->
+//! [`store`] (what is known, in the model's small form) -> [`model`] (the desired datapath
+//! state, a pure function) -> [`plan`] / [`programmed`] (the ordered writes that turn what
+//! the maps hold into it: a full diff, or an incremental one) -> [`sync`] (applies them
+//! through [`maps`]). [`pipeline`] drives that loop; [`metrics`], [`health`] and
+//! [`report`] are what [`server`] serves. [`loader`] and [`attach`] put the eBPF programs
+//! in place; [`ctl`] is what `lbctl` shows.
 
 pub mod attach;
 pub mod bpf_log;
@@ -12,13 +15,21 @@ pub mod bpffs;
 pub mod conntrack;
 pub mod ctl;
 pub mod error_chain;
+pub mod health;
 pub mod ids;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod model;
+pub mod node;
+pub mod pipeline;
 pub mod plan;
 pub mod privilege;
+pub mod programmed;
+pub mod report;
+pub mod server;
 pub mod source;
+pub mod store;
 pub mod sync;
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
-    maps as names, Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend,
-    FrontendKey,
+    maps as names, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats,
+    Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName,
 };
 
 use crate::bpffs::{self, BpffsError};
@@ -133,7 +133,7 @@ pub fn load(object: &Object, pin_dir: &Path, log_level: BpfLogLevel) -> Result<E
 }
 
 /// The type and key/value sizes each pinned map must have.
-fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 9] {
     [
         (
             names::FRONTENDS,
@@ -170,6 +170,24 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 6] {
             MapType::Array,
             size_of::<u32>(),
             size_of::<Config>(),
+        ),
+        (
+            names::BACKEND_STATS,
+            MapType::Array,
+            size_of::<BackendId>(),
+            size_of::<BackendStats>(),
+        ),
+        (
+            names::AFFINITY,
+            MapType::LruHash,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityEntry>(),
+        ),
+        (
+            names::SERVICE_NAMES,
+            MapType::Hash,
+            size_of::<u32>(),
+            size_of::<ServiceName>(),
         ),
     ]
 }

@@ -1,8 +1,10 @@
 //! `lb-agent`: loads the datapath, attaches it to pod interfaces, and keeps its maps in step
-//! with the Services and EndpointSlices of its source.
+//! with the Services and EndpointSlices of its source; serves kube-proxy's health and
+//! metrics endpoints.
 
 use std::{
     fs,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
@@ -15,18 +17,27 @@ use lb_agent::{
     attach::{Attacher, ScanReport},
     bpf_log,
     error_chain::error_chain,
+    health::Health,
     loader::{self, BpfLogLevel, Object},
-    maps::aya::AyaMaps,
-    model::desired_state,
+    maps::{aya::AyaMaps, stats::PinnedStats},
+    metrics::{DatapathStats, Metrics},
+    node::{Ipv4Cidr, NodeOverrides},
+    pipeline::{self, Pipeline, PipelineConfig, RunOptions},
     privilege,
-    source::{self, Snapshot, SourceSpec},
+    server::{self, Routes},
+    source::{self, SourceSpec, EVENT_QUEUE},
     sync::Syncer,
 };
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::{debug, error, info, warn};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{info, warn};
 
-/// How often interfaces are rescanned (and a failed sync retried).
+/// How often interfaces are rescanned.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the first sync waits for this node's Node before using the flags alone.
+const NODE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,12 +46,16 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
     about = "eBPF service load balancer: programs the datapath from Services and EndpointSlices"
 )]
 struct Args {
-    /// This node's name, as EndpointSlices give it in endpoints[].nodeName.
+    /// This node's name, as EndpointSlices give it in endpoints[].nodeName and as its Node
+    /// is named.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Where Services and EndpointSlices come from: `file:DIR`.
+    /// Where Services and EndpointSlices come from: `kube` (the API server) or `file:DIR`.
     #[arg(long)]
     source: SourceSpec,
+    /// kubeconfig for `--source kube`; default: KUBECONFIG, ~/.kube/config, or in-cluster.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// bpffs directory to pin the maps in; maps found there are reused.
     #[arg(long)]
     pin_dir: PathBuf,
@@ -56,9 +71,56 @@ struct Args {
     /// File written after the first full sync with programs attached, removed on exit.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// This node's addresses (NodePort frontends); replaces the Node's. Repeatable.
+    #[arg(long = "node-ip", value_delimiter = ',')]
+    node_ips: Vec<Ipv4Addr>,
+    /// This node's pod CIDRs; replaces the Node's spec.podCIDRs. Repeatable.
+    #[arg(long = "pod-cidr", value_delimiter = ',')]
+    pod_cidrs: Vec<Ipv4Cidr>,
+    /// This node's zone (topology hints); replaces the Node's topology.kubernetes.io/zone.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Where `/metrics` and `/state` are served.
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    metrics_bind_address: SocketAddr,
+    /// Where `/healthz` is served, as kube-proxy serves it.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: SocketAddr,
+    /// Syncs start at least this far apart; changes in between are batched (e.g. 0s, 5ms).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    min_sync_period: Duration,
+    /// /healthz turns 503 when a change waits longer than twice this (kube-proxy's rule).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sync_period: Duration,
+    /// A full resync (a diff against everything the maps hold) this often; 0 turns it off.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    full_resync_period: Duration,
 }
 
-#[tokio::main(flavor = "current_thread")]
+/// `500ms`, `30s`, `5m`, `1h`, or `0`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h"))?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "{s:?} has unknown unit {unit:?}: use ms, s, m or h"
+        )),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -76,7 +138,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -84,6 +146,21 @@ async fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<()> {
     privilege::check_agent("lb-agent")?;
+    // Everything that can be wrong with the flags fails here, before the datapath changes.
+    let client = match &args.source {
+        SourceSpec::Kube => Some(source::kube::client(args.kubeconfig.as_deref()).await?),
+        SourceSpec::File(_) => {
+            if args.kubeconfig.is_some() {
+                warn!("--kubeconfig is only used with --source kube");
+            }
+            None
+        }
+    };
+    let metrics_listener =
+        server::bind(args.metrics_bind_address, "--metrics-bind-address").await?;
+    let healthz_listener =
+        server::bind(args.healthz_bind_address, "--healthz-bind-address").await?;
+
     let object = match &args.bpf_object {
         Some(path) => Object::File(path.clone()),
         None => Object::Embedded,
@@ -97,75 +174,117 @@ async fn run(args: &Args) -> Result<()> {
             .inspect_err(|e| warn!("{}; the datapath's log is not shown", error_chain(e)))
             .ok(),
     };
-    let mut syncer = Syncer::new(AyaMaps::from_ebpf(&mut ebpf)?);
-    let mut attacher = Attacher::new(&args.pod_iface_prefix);
+    let maps = AyaMaps::from_ebpf(&mut ebpf)?;
+    let stats = PinnedStats::open(&args.pin_dir)
+        .inspect_err(|e| warn!("{}; datapath counters are not exported", error_chain(e)))
+        .ok()
+        .map(|s| Box::new(s) as Box<dyn DatapathStats>);
+    // Pinned, so the programs keep serving while this agent is down, and the next agent
+    // (or a new object) takes the links over atomically.
+    let mut attacher = Attacher::pinned(&args.pod_iface_prefix, &args.pin_dir.join("links"))?;
     log_scan(attacher.rescan(&mut ebpf)?);
 
-    let mut snapshots = source::spawn(&args.source)?;
-    info!(source = %args.source, node = %args.node_name, "waiting for the first snapshot");
+    let metrics = Metrics::new(stats);
+    let health = Arc::new(Health::new(args.sync_period * 2));
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let _source_tasks = match (&args.source, client) {
+        (SourceSpec::File(dir), _) => vec![source::file::spawn_events(
+            dir.clone(),
+            args.node_name.clone(),
+            events_tx,
+        )?],
+        (SourceSpec::Kube, Some(client)) => {
+            source::kube::spawn(client, &args.node_name, events_tx, metrics.clone())
+        }
+        (SourceSpec::Kube, None) => bail!("no Kubernetes client"),
+    };
+    let (state_tx, mut state_requests) = mpsc::channel(16);
+    let _servers = [
+        server::spawn(
+            metrics_listener,
+            Routes::Metrics {
+                metrics: metrics.clone(),
+                health: health.clone(),
+                state: state_tx,
+            },
+        ),
+        server::spawn(healthz_listener, Routes::Health(health.clone())),
+    ];
+    info!(
+        metrics = %args.metrics_bind_address,
+        healthz = %args.healthz_bind_address,
+        "serving metrics and health"
+    );
+
+    let config = PipelineConfig {
+        node_name: args.node_name.clone(),
+        overrides: NodeOverrides {
+            ips: args.node_ips.clone(),
+            pod_cidrs: args.pod_cidrs.clone(),
+            zone: args.zone.clone(),
+        },
+        expect_node: args.source.has_nodes(),
+    };
+    let options = RunOptions {
+        min_sync_period: args.min_sync_period,
+        full_resync_period: (!args.full_resync_period.is_zero()).then_some(args.full_resync_period),
+        retry_interval: RESCAN_INTERVAL,
+        node_wait: NODE_WAIT,
+    };
+    let mut pipeline = Pipeline::new(Syncer::new(maps), config, metrics, health);
+    let (synced_tx, mut synced) = watch::channel(false);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut pipeline_task = tokio::spawn(async move {
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        pipeline::run(
+            &mut pipeline,
+            &mut events,
+            &mut state_requests,
+            &options,
+            &synced_tx,
+            stop,
+        )
+        .await
+    });
+    info!(source = %args.source, node = %args.node_name, "waiting for the first complete list");
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(RESCAN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Option<Arc<Snapshot>> = None;
     let mut ready = false;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    bail!("the source {} stopped", args.source);
+            ended = &mut pipeline_task => {
+                return match ended {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e).context(format!("source {}", args.source)),
+                    Err(e) => Err(e).context("the sync loop failed"),
+                };
+            }
+            changed = synced.changed(), if !ready => {
+                if changed.is_ok() && *synced.borrow() {
+                    ready = true;
+                    if let Some(path) = &args.ready_file {
+                        write_ready_file(path)?;
+                    }
+                    info!("ready");
                 }
-                pending = snapshots.borrow_and_update().clone();
             }
             _ = tick.tick() => match attacher.rescan(&mut ebpf) {
                 Ok(report) => log_scan(report),
                 Err(e) => warn!("{}", error_chain(&e)),
             },
         }
-        let Some(snapshot) = pending.take() else {
-            continue;
-        };
-        if let Err(e) = sync(&mut syncer, &snapshot, &args.node_name) {
-            // Kept for the next tick: the maps are consistent, just not current.
-            error!("sync failed, retrying: {e:#}");
-            pending = Some(snapshot);
-            continue;
-        }
-        if !ready {
-            ready = true;
-            if let Some(path) = &args.ready_file {
-                write_ready_file(path)?;
-            }
-            info!("ready");
-        }
     }
     // Maps stay pinned (a restarted agent picks them up); links detach as they drop.
+    let _ = stop_tx.send(());
+    let _ = pipeline_task.await;
     info!("exiting");
-    Ok(())
-}
-
-fn sync(syncer: &mut Syncer<AyaMaps>, snapshot: &Snapshot, node_name: &str) -> Result<()> {
-    let (desired, skipped) =
-        desired_state(&snapshot.services, &snapshot.endpoint_slices, node_name);
-    for s in &skipped {
-        if s.reason.is_by_design() {
-            debug!("skipping {s}");
-        } else {
-            warn!("skipping {s}");
-        }
-    }
-    let r = syncer.sync(&desired)?;
-    info!(
-        "synced {} frontends, {} backends: {} writes, {} conntrack entries cleared, {} skipped, in {:?}",
-        r.frontends,
-        r.backends,
-        r.writes,
-        r.conntrack_deleted,
-        skipped.len(),
-        r.duration
-    );
     Ok(())
 }
 
@@ -197,5 +316,41 @@ fn clear_ready_file(args: &Args) -> Result<()> {
             Err(e).with_context(|| format!("removing {}", path.display()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("5ms"), Ok(Duration::from_millis(5)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_with_the_value() {
+        let base = ["lb-agent", "--node-name", "n", "--pin-dir", "/sys/fs/bpf/x"];
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())
+        };
+        let err = parse(&["--source", "etcd"]).expect_err("unknown source");
+        assert!(err.contains("unsupported source \"etcd\""), "{err}");
+        let err = parse(&["--source", "kube", "--metrics-bind-address", "nope"])
+            .expect_err("bad address");
+        assert!(err.contains("--metrics-bind-address"), "{err}");
+        let err = parse(&["--source", "kube", "--pod-cidr", "10.0.0.0"]).expect_err("bad cidr");
+        assert!(err.contains("is not a CIDR"), "{err}");
+        let ok = parse(&["--source", "kube", "--node-ip", "10.0.0.1,10.0.0.2"]).expect("valid");
+        assert_eq!(ok.node_ips.len(), 2);
+        assert_eq!(ok.metrics_bind_address.port(), 10249);
+        assert_eq!(ok.healthz_bind_address.port(), 10256);
     }
 }

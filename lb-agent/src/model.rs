@@ -1,25 +1,43 @@
-//! The desired datapath state: a pure function of Services and EndpointSlices.
+//! The desired datapath state: a pure function of Services, EndpointSlices and this node.
 //!
 //! It follows kube-proxy's reading of the API so that a cluster behaves the same with lb as
 //! without it: slices are tied to their Service by the `kubernetes.io/service-name` label,
 //! slice ports are matched to service ports by name and protocol (which is also how a named
 //! `targetPort` resolves, per endpoint), ready endpoints are used, and terminating-but-serving
-//! endpoints only when nothing is ready. Anything that cannot be programmed is returned as a
-//! [`Skipped`] with its reason instead of failing the whole model.
+//! endpoints only when nothing is ready; traffic policies, topology hints and session
+//! affinity are applied as kube-proxy applies them. Anything that cannot be programmed is
+//! returned as a [`Skipped`] with its reason instead of failing the whole model.
+//!
+//! It runs in two steps so that the agent can work incrementally and keep little memory:
+//! [`service::parse_service`] and [`slice::parse_slice`] turn an API object into the small
+//! validated form the model needs ([`ServiceInfo`], [`SliceInfo`]) as it arrives, and
+//! [`frontends::service_frontends`] turns one service and its slices into frontends.
+//! [`DesiredIndex`] holds every service's frontends and settles which service owns an
+//! address two of them claim. [`desired_state`] chains the three for whole object lists.
+
+pub mod frontends;
+pub mod index;
+pub mod service;
+pub mod slice;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    fmt,
+    net::Ipv4Addr,
 };
 
 use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort},
-        discovery::v1::{Endpoint, EndpointSlice},
-    },
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use lb_common::{backend, frontend, proto, Backend, FrontendKey};
+use lb_common::{Backend, FrontendKey};
+
+pub use frontends::service_frontends;
+pub use index::DesiredIndex;
+pub use service::{parse_service, ServiceInfo};
+pub use slice::{parse_slice, SliceInfo};
+
+use crate::node::ThisNode;
 
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -27,11 +45,47 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Objects carrying this label are headless (kube-proxy skips them too).
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// kube-proxy's server-side filter for Services and EndpointSlices: the two labels above
+/// must be absent.
+pub const PROXY_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// The most backends one frontend can have: the frontend's backend count is 16 bits.
 pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
 
-/// What the datapath should hold.
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectId {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// `namespace` and `name`, which every object must have.
+    pub fn of(meta: &ObjectMeta) -> Result<Self, SkipReason> {
+        let present =
+            |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        let name = present(&meta.name).ok_or(SkipReason::MissingField("metadata.name"))?;
+        let namespace =
+            present(&meta.namespace).ok_or(SkipReason::MissingField("metadata.namespace"))?;
+        Ok(Self { namespace, name })
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the datapath should hold: every frontend, programmed or not yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
@@ -46,6 +100,66 @@ impl DesiredState {
             .collect::<BTreeSet<_>>()
             .len()
     }
+
+    /// The frontends the agent writes into the maps today ([`DesiredFrontend::is_programmed`]).
+    pub fn programmed(&self) -> DesiredView<'_> {
+        self.frontends
+            .iter()
+            .filter(|(_, f)| f.is_programmed())
+            .map(|(k, f)| (*k, f))
+            .collect()
+    }
+}
+
+/// Frontends by key, borrowed: what the syncer is asked to program.
+pub type DesiredView<'a> = BTreeMap<FrontendKey, &'a DesiredFrontend>;
+
+/// Which kind of service address a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// The [`lb_common::frontend::flags`] bit for this kind.
+    pub fn flag(self) -> u16 {
+        use lb_common::frontend::flags;
+        match self {
+            FrontendKind::ClusterIp => flags::CLUSTER_IP,
+            FrontendKind::NodePort => flags::NODE_PORT,
+            FrontendKind::ExternalIp => flags::EXTERNAL_IP,
+            FrontendKind::LoadBalancer => flags::LOAD_BALANCER,
+        }
+    }
+
+    /// As the Kubernetes API spells the service type.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The per-service settings that decide how traffic to a frontend is handled. The backends
+/// of a frontend already reflect them; the datapath will need them too (to tell "drop" from
+/// "reject", to pin clients, to keep the client address).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// externalTrafficPolicy: Local (only meaningful for NodePort, ExternalIP and
+    /// LoadBalancer frontends).
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local.
+    pub internal_local: bool,
+    /// publishNotReadyAddresses: unready endpoints serve.
+    pub publish_not_ready: bool,
+    /// The backends were narrowed to this node's zone by topology hints.
+    pub topology_aware: bool,
 }
 
 /// One frontend and the backends behind it.
@@ -53,10 +167,47 @@ impl DesiredState {
 pub struct DesiredFrontend {
     /// `namespace/name:port`, the port by name or, when unnamed, by number.
     pub name: String,
+    /// The Service it belongs to.
+    pub service: ObjectId,
+    pub kind: FrontendKind,
     /// [`lb_common::frontend::flags`] bits.
     pub flags: u16,
+    /// Session affinity (ClientIP) stickiness in seconds; 0 when affinity is off.
+    pub affinity_timeout_s: u32,
+    pub policy: Policy,
     /// Sorted by address, port and protocol, without duplicates.
     pub backends: Vec<Backend>,
+}
+
+impl DesiredFrontend {
+    /// Only ClusterIP frontends are written to the maps for now; the others are computed
+    /// (and shown in `/state`) for the datapath work that will serve them.
+    pub fn is_programmed(&self) -> bool {
+        self.kind == FrontendKind::ClusterIp
+    }
+
+    /// The port part of [`Self::name`].
+    pub fn port_label(&self) -> &str {
+        self.name.rsplit_once(':').map_or("", |(_, p)| p)
+    }
+}
+
+/// The kind of object a [`Skipped`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl ObjectKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Node => "Node",
+        }
+    }
 }
 
 /// An object, or part of one, that the model left out.
@@ -65,11 +216,12 @@ pub struct Skipped {
     /// e.g. `Service shop/web`, `Service shop/web port http`, `EndpointSlice shop/web-abc
     /// endpoint 3`.
     pub object: String,
+    pub kind: ObjectKind,
     pub reason: SkipReason,
 }
 
-impl std::fmt::Display for Skipped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.object, self.reason)
     }
 }
@@ -98,8 +250,16 @@ pub enum SkipReason {
     BadAddress { field: &'static str, value: String },
     #[error("port {0} is outside 1..=65535")]
     BadPort(i32),
+    #[error("nodePort {0} is outside 1..=65535")]
+    BadNodePort(i32),
     #[error("unknown protocol {0:?}")]
     UnknownProtocol(String),
+    #[error("unknown service type {0:?}")]
+    UnknownType(String),
+    #[error("unknown sessionAffinity {0:?}")]
+    UnknownAffinity(String),
+    #[error("sessionAffinityConfig.clientIP.timeoutSeconds {0} is outside 1..=86400")]
+    BadAffinityTimeout(i32),
     #[error("address already served for {0}")]
     DuplicateFrontend(String),
     #[error("{0} backends is more than the {MAX_BACKENDS_PER_FRONTEND} a frontend can hold; extra ones left out")]
@@ -109,7 +269,7 @@ pub enum SkipReason {
 impl SkipReason {
     /// True when the object is left out by design (another proxy's, headless, a type or
     /// family not served) rather than because it is malformed: the first is worth a debug
-    /// line, the second a warning.
+    /// line, the second a warning and the invalid-objects metric.
     pub fn is_by_design(&self) -> bool {
         matches!(
             self,
@@ -123,340 +283,82 @@ impl SkipReason {
                 | SkipReason::Sctp
         )
     }
+
+    /// A stable short name, the `reason` label of the invalid-objects metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SkipReason::OtherProxy(_) => "other_proxy",
+            SkipReason::HeadlessLabel => "headless_label",
+            SkipReason::Headless => "headless",
+            SkipReason::ExternalName => "external_name",
+            SkipReason::NoIpv4ClusterIp => "no_ipv4_cluster_ip",
+            SkipReason::UnsupportedAddressType(..) => "unsupported_address_type",
+            SkipReason::NoServiceLabel => "no_service_label",
+            SkipReason::Sctp => "sctp",
+            SkipReason::MissingField(_) => "missing_field",
+            SkipReason::BadAddress { .. } => "bad_address",
+            SkipReason::BadPort(_) => "bad_port",
+            SkipReason::BadNodePort(_) => "bad_node_port",
+            SkipReason::UnknownProtocol(_) => "unknown_protocol",
+            SkipReason::UnknownType(_) => "unknown_type",
+            SkipReason::UnknownAffinity(_) => "unknown_affinity",
+            SkipReason::BadAffinityTimeout(_) => "bad_affinity_timeout",
+            SkipReason::DuplicateFrontend(_) => "duplicate_frontend",
+            SkipReason::TooManyBackends(_) => "too_many_backends",
+        }
+    }
 }
 
-/// Builds the desired state. `node_name` marks the backends running on this node
-/// ([`backend::flags::LOCAL`]). Never fails: what cannot be used is skipped and listed.
+/// An API object read into the model's form: the value, or nothing when the whole object
+/// is skipped, and everything left out along the way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed<T> {
+    /// Known whenever the object has a namespace and name, even when it is skipped: a
+    /// skipped update of a known object removes the old version.
+    pub id: Option<ObjectId>,
+    pub value: Option<T>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Builds the desired state from whole object lists. Never fails: what cannot be used is
+/// skipped and listed.
 pub fn desired_state(
     services: &[Service],
     slices: &[EndpointSlice],
-    node_name: &str,
+    node: &ThisNode,
 ) -> (DesiredState, Vec<Skipped>) {
     let mut skipped = Vec::new();
-    let slices_by_service = index_slices(slices, &mut skipped);
-
-    // Sorted, so that which of two conflicting services wins does not depend on input order.
-    let mut services: Vec<(String, String, &Service)> = services
-        .iter()
-        .filter_map(|svc| match identity(&svc.metadata) {
-            Ok((ns, name)) => Some((ns, name, svc)),
-            Err(reason) => {
-                skipped.push(Skipped {
-                    object: "Service".into(),
-                    reason,
-                });
-                None
-            }
-        })
-        .collect();
-    services.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-
-    let mut state = DesiredState::default();
-    for (ns, name, svc) in services {
-        let object = format!("Service {ns}/{name}");
-        let slices = slices_by_service
-            .get(&(ns.clone(), name.clone()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let ctx = ServiceContext {
-            ns: &ns,
-            name: &name,
-            object: &object,
-            slices,
-            node_name,
-        };
-        if let Err(reason) = add_service(&ctx, svc, &mut state, &mut skipped) {
-            skipped.push(Skipped { object, reason });
+    let mut by_service: BTreeMap<ObjectId, Vec<SliceInfo>> = BTreeMap::new();
+    for slice in slices {
+        let parsed = parse_slice(slice, &node.name);
+        skipped.extend(parsed.skipped);
+        if let Some(s) = parsed.value {
+            by_service.entry(s.service.clone()).or_default().push(s);
         }
     }
+    let mut index = DesiredIndex::default();
+    for svc in services {
+        let parsed = parse_service(svc);
+        skipped.extend(parsed.skipped);
+        let Some(svc) = parsed.value else { continue };
+        let mut slices: Vec<&SliceInfo> = by_service
+            .get(&svc.id)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        slices.sort_by(|a, b| a.id.cmp(&b.id));
+        let (frontends, notes) = service_frontends(&svc, &slices, node);
+        skipped.extend(notes);
+        index.set_service(&svc.id, frontends);
+    }
+    skipped.extend(index.conflicts());
     skipped.sort();
     skipped.dedup();
-    (state, skipped)
-}
-
-/// The service being modelled and the slices that belong to it.
-struct ServiceContext<'a> {
-    ns: &'a str,
-    name: &'a str,
-    object: &'a str,
-    slices: &'a [(String, &'a EndpointSlice)],
-    node_name: &'a str,
-}
-
-/// `namespace` and `name`, which every object must have.
-fn identity(meta: &ObjectMeta) -> Result<(String, String), SkipReason> {
-    let present = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-    let name = present(&meta.name).ok_or(SkipReason::MissingField("metadata.name"))?;
-    let ns = present(&meta.namespace).ok_or(SkipReason::MissingField("metadata.namespace"))?;
-    Ok((ns, name))
-}
-
-fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-/// Why an object's labels put it out of our hands, if they do.
-fn label_filter(meta: &ObjectMeta) -> Option<SkipReason> {
-    if let Some(proxy) = label(meta, SERVICE_PROXY_NAME_LABEL) {
-        return Some(SkipReason::OtherProxy(proxy.to_owned()));
-    }
-    label(meta, HEADLESS_LABEL).map(|_| SkipReason::HeadlessLabel)
-}
-
-/// Slices by (namespace, service name), each with its own name, sorted by it.
-type SlicesByService<'a> = BTreeMap<(String, String), Vec<(String, &'a EndpointSlice)>>;
-
-fn index_slices<'a>(
-    slices: &'a [EndpointSlice],
-    skipped: &mut Vec<Skipped>,
-) -> SlicesByService<'a> {
-    let mut by_service = SlicesByService::new();
-    for slice in slices {
-        let (ns, name) = match identity(&slice.metadata) {
-            Ok(id) => id,
-            Err(reason) => {
-                skipped.push(Skipped {
-                    object: "EndpointSlice".into(),
-                    reason,
-                });
-                continue;
-            }
-        };
-        let object = format!("EndpointSlice {ns}/{name}");
-        let reason = if let Some(reason) = label_filter(&slice.metadata) {
-            reason
-        } else if slice.address_type != "IPv4" {
-            SkipReason::UnsupportedAddressType("EndpointSlice", slice.address_type.clone())
-        } else if let Some(service) =
-            label(&slice.metadata, SERVICE_NAME_LABEL).filter(|s| !s.is_empty())
-        {
-            by_service
-                .entry((ns, service.to_owned()))
-                .or_default()
-                .push((name, slice));
-            continue;
-        } else {
-            SkipReason::NoServiceLabel
-        };
-        skipped.push(Skipped { object, reason });
-    }
-    for slices in by_service.values_mut() {
-        slices.sort_by(|a, b| a.0.cmp(&b.0));
-    }
-    by_service
-}
-
-/// Adds every frontend of one service. An `Err` skips the whole service.
-fn add_service(
-    ctx: &ServiceContext<'_>,
-    svc: &Service,
-    state: &mut DesiredState,
-    skipped: &mut Vec<Skipped>,
-) -> Result<(), SkipReason> {
-    if let Some(reason) = label_filter(&svc.metadata) {
-        return Err(reason);
-    }
-    let spec = svc.spec.as_ref().ok_or(SkipReason::MissingField("spec"))?;
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Err(SkipReason::ExternalName);
-    }
-    let addresses = cluster_ipv4s(spec.cluster_ip.as_deref(), spec.cluster_ips.as_deref())?;
-    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-
-    for port in spec.ports.iter().flatten() {
-        let port_name = port.name.as_deref().unwrap_or_default();
-        let port_label = if port_name.is_empty() {
-            port.port.to_string()
-        } else {
-            port_name.to_owned()
-        };
-        let port_object = format!("{} port {port_label}", ctx.object);
-        let skip = |skipped: &mut Vec<Skipped>, reason| {
-            skipped.push(Skipped {
-                object: port_object.clone(),
-                reason,
-            })
-        };
-        let (number, protocol) = match port_and_protocol(port.port, port.protocol.as_deref()) {
-            Ok(p) => p,
-            Err(reason) => {
-                skip(skipped, reason);
-                continue;
-            }
-        };
-        let mut backends = backends_for(ctx, port, protocol, publish_not_ready, skipped);
-        if backends.len() > MAX_BACKENDS_PER_FRONTEND {
-            skip(skipped, SkipReason::TooManyBackends(backends.len()));
-            backends.truncate(MAX_BACKENDS_PER_FRONTEND);
-        }
-        let name = format!("{}/{}:{port_label}", ctx.ns, ctx.name);
-        for &addr in &addresses {
-            let key = FrontendKey::new(addr, number, protocol);
-            if let Some(owner) = state.frontends.get(&key) {
-                skip(skipped, SkipReason::DuplicateFrontend(owner.name.clone()));
-                continue;
-            }
-            state.frontends.insert(
-                key,
-                DesiredFrontend {
-                    name: name.clone(),
-                    flags: frontend::flags::CLUSTER_IP,
-                    backends: backends.clone(),
-                },
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The service's IPv4 cluster addresses. `clusterIPs` is authoritative when set (dual-stack
-/// services list one address per family); IPv6 ones are passed over.
-fn cluster_ipv4s(
-    cluster_ip: Option<&str>,
-    cluster_ips: Option<&[String]>,
-) -> Result<Vec<Ipv4Addr>, SkipReason> {
-    let listed: Vec<&str> = match cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => cluster_ip.into_iter().collect(),
-    };
-    if listed.contains(&"None") {
-        return Err(SkipReason::Headless);
-    }
-    if listed.iter().all(|ip| ip.is_empty()) {
-        return Err(SkipReason::MissingField("spec.clusterIP"));
-    }
-    let mut v4 = Vec::new();
-    for ip in listed {
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => v4.push(a),
-            Ok(IpAddr::V6(_)) => {}
-            Err(_) => {
-                return Err(SkipReason::BadAddress {
-                    field: "spec.clusterIP",
-                    value: ip.to_owned(),
-                })
-            }
-        }
-    }
-    v4.sort();
-    v4.dedup();
-    if v4.is_empty() {
-        return Err(SkipReason::NoIpv4ClusterIp);
-    }
-    Ok(v4)
-}
-
-/// A port number and protocol as the maps store them; the protocol defaults to TCP as the
-/// API server defaults it.
-fn port_and_protocol(port: i32, protocol: Option<&str>) -> Result<(u16, u8), SkipReason> {
-    let proto = match protocol.unwrap_or("TCP") {
-        "TCP" => proto::TCP,
-        "UDP" => proto::UDP,
-        "SCTP" => return Err(SkipReason::Sctp),
-        other => return Err(SkipReason::UnknownProtocol(other.to_owned())),
-    };
-    match u16::try_from(port) {
-        Ok(p) if p != 0 => Ok((p, proto)),
-        _ => Err(SkipReason::BadPort(port)),
-    }
-}
-
-/// The backends of one service port: from every slice port with the same name and protocol,
-/// the ready endpoints, or when none is ready, the serving and terminating ones.
-fn backends_for(
-    ctx: &ServiceContext<'_>,
-    port: &ServicePort,
-    protocol: u8,
-    publish_not_ready: bool,
-    skipped: &mut Vec<Skipped>,
-) -> Vec<Backend> {
-    let want_name = port.name.as_deref().unwrap_or_default();
-    let mut ready = Vec::new();
-    let mut terminating = Vec::new();
-    for (slice_name, slice) in ctx.slices {
-        let object = format!("EndpointSlice {}/{slice_name}", ctx.ns);
-        for slice_port in slice.ports.iter().flatten() {
-            if slice_port.name.as_deref().unwrap_or_default() != want_name {
-                continue;
-            }
-            let target = match slice_port.port {
-                None => Err(SkipReason::MissingField("ports[].port")),
-                Some(n) => port_and_protocol(n, slice_port.protocol.as_deref()),
-            };
-            let target_port = match target {
-                Ok((n, p)) if p == protocol => n,
-                // Same name, other protocol: belongs to the service port of that protocol.
-                Ok(_) | Err(SkipReason::Sctp) | Err(SkipReason::UnknownProtocol(_)) => continue,
-                Err(reason) => {
-                    skipped.push(Skipped {
-                        object: format!("{object} port {want_name}"),
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            for (i, endpoint) in slice.endpoints.iter().enumerate() {
-                let addr = match endpoint_address(endpoint) {
-                    Ok(a) => a,
-                    Err(reason) => {
-                        skipped.push(Skipped {
-                            object: format!("{object} endpoint {}", i + 1),
-                            reason,
-                        });
-                        continue;
-                    }
-                };
-                let mut backend = Backend::new(addr, target_port, protocol);
-                let conditions = endpoint.conditions.clone().unwrap_or_default();
-                // Nil conditions mean ready and serving, not terminating (API docs).
-                let is_terminating = conditions.terminating.unwrap_or(false);
-                if is_terminating {
-                    backend.flags |= backend::flags::TERMINATING;
-                }
-                if endpoint.node_name.as_deref() == Some(ctx.node_name) {
-                    backend.flags |= backend::flags::LOCAL;
-                }
-                if publish_not_ready || conditions.ready.unwrap_or(true) {
-                    ready.push(backend);
-                } else if conditions.serving.unwrap_or(true) && is_terminating {
-                    terminating.push(backend);
-                }
-            }
-        }
-    }
-    let chosen = if ready.is_empty() { terminating } else { ready };
-    sorted_unique(chosen)
-}
-
-/// Endpoints list up to 100 fungible addresses; like kube-proxy, the first one is used.
-fn endpoint_address(endpoint: &Endpoint) -> Result<Ipv4Addr, SkipReason> {
-    let first = endpoint
-        .addresses
-        .first()
-        .ok_or(SkipReason::MissingField("endpoints[].addresses"))?;
-    first.parse().map_err(|_| SkipReason::BadAddress {
-        field: "endpoints[].addresses",
-        value: first.clone(),
-    })
+    (index.to_state(), skipped)
 }
 
 /// What identifies a backend: the same pod port seen twice is one backend.
-fn backend_tuple(b: &Backend) -> (Ipv4Addr, u16, u8) {
+pub(crate) fn backend_tuple(b: &Backend) -> (Ipv4Addr, u16, u8) {
     (b.ip(), b.port_host(), b.proto)
-}
-
-/// Sorts by address, port and protocol, and merges duplicates (an endpoint listed by two
-/// slices, as during slice rebalancing) keeping every flag either copy carries.
-fn sorted_unique(mut backends: Vec<Backend>) -> Vec<Backend> {
-    backends.sort_by_key(backend_tuple);
-    let mut out: Vec<Backend> = Vec::with_capacity(backends.len());
-    for b in backends {
-        match out.last_mut() {
-            Some(last) if backend_tuple(last) == backend_tuple(&b) => last.flags |= b.flags,
-            _ => out.push(b),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::{
     conntrack::StaleFlows,
     ids::{Exhausted, IdAllocator},
     maps::MapState,
-    model::DesiredState,
+    model::DesiredView,
 };
 
 /// One map write.
@@ -51,21 +51,21 @@ pub enum PlanError {
 }
 
 /// What identifies a backend, independent of its flags.
-type Tuple = (u32, u16, u8);
+pub(crate) type Tuple = (u32, u16, u8);
 
-fn tuple(b: &Backend) -> Tuple {
+pub(crate) fn tuple(b: &Backend) -> Tuple {
     (b.addr, b.port, b.proto)
 }
 
 /// The writes that take the maps from `actual` to `desired`.
-pub fn plan(actual: &MapState, desired: &DesiredState) -> Result<Plan, PlanError> {
+pub fn plan(actual: &MapState, desired: &DesiredView<'_>) -> Result<Plan, PlanError> {
     let service_ids = assign_service_ids(actual, desired)?;
     let backend_ids = assign_backend_ids(actual, desired)?;
 
     let mut want_backends: BTreeMap<BackendId, Backend> = BTreeMap::new();
     let mut want_slots: BTreeMap<BackendSlotKey, BackendId> = BTreeMap::new();
     let mut want_frontends: BTreeMap<FrontendKey, Frontend> = BTreeMap::new();
-    for (key, f) in &desired.frontends {
+    for (key, f) in desired {
         let service_id = service_ids[key];
         let backend_count =
             u16::try_from(f.backends.len()).map_err(|_| PlanError::TooManyBackends {
@@ -84,7 +84,7 @@ pub fn plan(actual: &MapState, desired: &DesiredState) -> Result<Plan, PlanError
                 service_id,
                 backend_count,
                 flags: f.flags,
-                affinity_timeout_s: 0,
+                affinity_timeout_s: f.affinity_timeout_s,
                 _reserved: 0,
             },
         );
@@ -140,7 +140,7 @@ pub fn plan(actual: &MapState, desired: &DesiredState) -> Result<Plan, PlanError
 /// stale one's slots or conntrack entries while they still exist).
 fn assign_service_ids(
     actual: &MapState,
-    desired: &DesiredState,
+    desired: &DesiredView<'_>,
 ) -> Result<BTreeMap<FrontendKey, u32>, PlanError> {
     let mut free = IdAllocator::new(
         actual
@@ -151,7 +151,7 @@ fn assign_service_ids(
     );
     let mut claimed = BTreeSet::new();
     let mut ids = BTreeMap::new();
-    for key in desired.frontends.keys() {
+    for key in desired.keys() {
         // An id held by two frontends (a corrupt map) stays with the first one only.
         let id = match actual.frontends.get(key) {
             Some(f) if f.service_id != 0 && !claimed.contains(&f.service_id) => f.service_id,
@@ -167,14 +167,14 @@ fn assign_service_ids(
 /// that no backend or slot uses.
 fn assign_backend_ids(
     actual: &MapState,
-    desired: &DesiredState,
+    desired: &DesiredView<'_>,
 ) -> Result<BTreeMap<Tuple, BackendId>, PlanError> {
     let mut ids: BTreeMap<Tuple, BackendId> = BTreeMap::new();
     for (&id, b) in &actual.backends {
         ids.entry(tuple(b)).or_insert(id);
     }
     let mut free = IdAllocator::new(actual.backends.keys().chain(actual.slots.values()).copied());
-    for b in desired.frontends.values().flat_map(|f| &f.backends) {
+    for b in desired.values().flat_map(|f| &f.backends) {
         if let Entry::Vacant(slot) = ids.entry(tuple(b)) {
             slot.insert(free.allocate().map_err(PlanError::BackendIds)?);
         }
@@ -229,7 +229,7 @@ fn stale_udp_flows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DesiredFrontend;
+    use crate::model::{DesiredFrontend, DesiredState, FrontendKind, ObjectId};
     use lb_common::frontend::flags::CLUSTER_IP;
 
     fn key(port: u16, protocol: u8) -> FrontendKey {
@@ -247,7 +247,11 @@ mod tests {
                 .map(|(k, b)| {
                     let f = DesiredFrontend {
                         name: format!("ns/svc:{}", k.port_host()),
+                        service: ObjectId::new("ns", "svc"),
+                        kind: FrontendKind::ClusterIp,
                         flags: CLUSTER_IP,
+                        affinity_timeout_s: 0,
+                        policy: Default::default(),
                         backends: b.clone(),
                     };
                     (*k, f)
@@ -259,16 +263,13 @@ mod tests {
     /// The state after applying `plan` to `actual`.
     fn apply(mut actual: MapState, plan: &Plan) -> MapState {
         for w in &plan.writes {
-            match *w {
-                Write::PutBackend(id, b) => drop(actual.backends.insert(id, b)),
-                Write::PutSlot(k, id) => drop(actual.slots.insert(k, id)),
-                Write::PutFrontend(k, f) => drop(actual.frontends.insert(k, f)),
-                Write::DeleteFrontend(k) => drop(actual.frontends.remove(&k)),
-                Write::DeleteSlot(k) => drop(actual.slots.remove(&k)),
-                Write::DeleteBackend(id) => drop(actual.backends.remove(&id)),
-            }
+            actual.apply(w);
         }
         actual
+    }
+
+    fn plan(actual: &MapState, desired: &DesiredState) -> Result<Plan, PlanError> {
+        super::plan(actual, &desired.programmed())
     }
 
     #[test]

@@ -1,15 +1,31 @@
-//! Brings the maps to the desired state: read what they hold, plan the difference, write it
-//! in order, and clear the UDP conntrack entries the change orphaned.
+//! Brings the maps to the desired state, by one of two paths:
+//!
+//! - a full sync reads the maps, plans the whole difference ([`crate::plan`]), writes it in
+//!   order, and records what the maps now hold ([`Programmed`]);
+//! - an incremental sync plans only the frontends that changed against that record and
+//!   writes them with point writes, so one endpoint change costs a handful of syscalls
+//!   whatever the number of services.
+//!
+//! Both clear the UDP conntrack entries the change orphaned, after the map writes (the
+//! programming latency is taken before that scan, which is proportional to the conntrack
+//! table and not to the change).
+//!
+//! There are no batched map operations in aya 0.14 (`BPF_MAP_*_BATCH`): a full sync is
+//! one syscall per write. The caller runs it where blocking is allowed.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
-use lb_common::Config;
+use lb_common::{Config, FrontendKey, ServiceName};
 
 use crate::{
     conntrack::StaleFlows,
     maps::{DatapathMaps, MapState, MapsError},
-    model::DesiredState,
+    model::{DesiredFrontend, DesiredState, DesiredView},
     plan::{plan, PlanError, Write},
+    programmed::{MapCounts, Programmed},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,16 +36,38 @@ pub enum SyncError {
     Plan(#[from] PlanError),
     #[error("cannot draw a random hash seed: {0}")]
     Random(getrandom::Error),
+    #[error("an incremental sync needs a full sync first")]
+    NeedsFull,
+}
+
+/// Which path a sync took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncMode {
+    Full,
+    Incremental,
+}
+
+impl SyncMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Full => "full",
+            SyncMode::Incremental => "incremental",
+        }
+    }
 }
 
 /// What one sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncReport {
+    pub mode: SyncMode,
+    /// Programmed frontends and distinct backends after the sync.
     pub frontends: usize,
     pub backends: usize,
     /// Map updates and deletions made (conntrack deletions not included).
     pub writes: usize,
     pub conntrack_deleted: usize,
+    /// When the last map write was made (before the conntrack cleanup).
+    pub written_at: Instant,
     pub duration: Duration,
 }
 
@@ -37,6 +75,10 @@ pub struct SyncReport {
 pub struct Syncer<M> {
     maps: M,
     seed_checked: bool,
+    /// What the maps hold; `None` until a full sync succeeds, and after any failed write.
+    programmed: Option<Programmed>,
+    /// What LB_SVC_NAMES holds, once a full sync has read it.
+    names: HashMap<u32, String>,
 }
 
 impl<M: DatapathMaps> Syncer<M> {
@@ -44,6 +86,8 @@ impl<M: DatapathMaps> Syncer<M> {
         Self {
             maps,
             seed_checked: false,
+            programmed: None,
+            names: HashMap::new(),
         }
     }
 
@@ -51,29 +95,159 @@ impl<M: DatapathMaps> Syncer<M> {
         &self.maps
     }
 
-    /// Makes the maps hold `desired`. On error the maps are left in a state packets can use
-    /// (the write order guarantees it) and the next sync picks up from what they hold.
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// The record of what the maps hold, when there is one.
+    pub fn programmed(&self) -> Option<&Programmed> {
+        self.programmed.as_ref()
+    }
+
+    /// True when an incremental sync is possible.
+    pub fn has_record(&self) -> bool {
+        self.programmed.is_some()
+    }
+
+    /// Entries in the service maps, when known.
+    pub fn counts(&self) -> Option<MapCounts> {
+        self.programmed.as_ref().map(Programmed::counts)
+    }
+
+    /// A full sync to the programmed frontends of `desired`.
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, SyncError> {
+        self.full_sync(&desired.programmed())
+    }
+
+    /// Makes the maps hold `desired`, reading them first. On error the maps are left in a
+    /// state packets can use (the write order guarantees it) and the next sync picks up
+    /// from what they hold.
+    pub fn full_sync(&mut self, desired: &DesiredView<'_>) -> Result<SyncReport, SyncError> {
         let started = Instant::now();
-        let mut writes = 0;
-        if !self.seed_checked {
-            writes += self.ensure_hash_seed()?;
-            self.seed_checked = true;
-        }
-        let actual = MapState::read(&self.maps)?;
-        let plan = plan(&actual, desired)?;
+        self.programmed = None;
+        let mut writes = self.check_seed()?;
+        let mut state = MapState::read(&self.maps)?;
+        let plan = plan(&state, desired)?;
         for write in &plan.writes {
+            self.apply(write)?;
+            state.apply(write);
+            writes += 1;
+        }
+        let written_at = Instant::now();
+        self.programmed = Programmed::from_synced(&state, desired);
+        drop(state);
+        writes += self.sync_all_names(desired)?;
+        let conntrack_deleted = self.clear_stale_flows(&plan.stale_flows)?;
+        let counts = self.counts().unwrap_or_default();
+        Ok(SyncReport {
+            mode: SyncMode::Full,
+            frontends: desired.len(),
+            backends: counts.backends,
+            writes,
+            conntrack_deleted,
+            written_at,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Writes only `changes` (each key at most once: its new frontend, or `None` to remove
+    /// it), planned against the record of the last writes. Fails with
+    /// [`SyncError::NeedsFull`] when there is no record.
+    pub fn sync_changes(
+        &mut self,
+        changes: &[(FrontendKey, Option<&DesiredFrontend>)],
+    ) -> Result<SyncReport, SyncError> {
+        let started = Instant::now();
+        let mut programmed = self.programmed.take().ok_or(SyncError::NeedsFull)?;
+        let old_ids: Vec<Option<u32>> = changes
+            .iter()
+            .map(|(k, _)| programmed.frontend(k).map(|f| f.service_id))
+            .collect();
+        let plan = programmed.plan_changes(changes)?;
+        let mut writes = 0;
+        for write in &plan.writes {
+            // On error the record is dropped: the maps are between two states.
             self.apply(write)?;
             writes += 1;
         }
+        let written_at = Instant::now();
+        let counts = programmed.counts();
+        let new_ids: Vec<Option<u32>> = changes
+            .iter()
+            .map(|(k, want)| want.and(programmed.frontend(k).map(|f| f.service_id)))
+            .collect();
+        for ((old, new), (_, want)) in old_ids.into_iter().zip(new_ids).zip(changes) {
+            writes += self.sync_name(old, new.zip(*want))?;
+        }
+        self.programmed = Some(programmed);
         let conntrack_deleted = self.clear_stale_flows(&plan.stale_flows)?;
         Ok(SyncReport {
-            frontends: desired.frontends.len(),
-            backends: desired.backend_count(),
+            mode: SyncMode::Incremental,
+            frontends: counts.frontends,
+            backends: counts.backends,
             writes,
             conntrack_deleted,
+            written_at,
             duration: started.elapsed(),
         })
+    }
+
+    /// Makes LB_SVC_NAMES name every programmed service id and nothing else; returns the
+    /// writes made. Skipped when the record is missing (the next full sync does it).
+    fn sync_all_names(&mut self, desired: &DesiredView<'_>) -> Result<usize, MapsError> {
+        let Some(record) = &self.programmed else {
+            return Ok(0);
+        };
+        let want: HashMap<u32, &str> = desired
+            .iter()
+            .filter_map(|(k, f)| record.frontend(k).map(|v| (v.service_id, f.name.as_str())))
+            .collect();
+        let have: HashMap<u32, ServiceName> = self.maps.service_names()?.into_iter().collect();
+        let mut writes = 0;
+        for (&id, name) in &want {
+            let name = ServiceName::new(name);
+            if have.get(&id) != Some(&name) {
+                self.maps.put_service_name(id, &name)?;
+                writes += 1;
+            }
+        }
+        for &id in have.keys().filter(|id| !want.contains_key(id)) {
+            self.maps.delete_service_name(id)?;
+            writes += 1;
+        }
+        self.names = want.into_iter().map(|(id, n)| (id, n.to_owned())).collect();
+        Ok(writes)
+    }
+
+    /// Moves one frontend's name from service id `old` to `new` (with its frontend).
+    fn sync_name(
+        &mut self,
+        old: Option<u32>,
+        new: Option<(u32, &DesiredFrontend)>,
+    ) -> Result<usize, MapsError> {
+        let mut writes = 0;
+        if let Some(old) = old.filter(|old| new.map(|(id, _)| id) != Some(*old)) {
+            self.maps.delete_service_name(old)?;
+            self.names.remove(&old);
+            writes += 1;
+        }
+        if let Some((id, f)) = new {
+            if self.names.get(&id) != Some(&f.name) {
+                self.maps.put_service_name(id, &ServiceName::new(&f.name))?;
+                self.names.insert(id, f.name.clone());
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    fn check_seed(&mut self) -> Result<usize, SyncError> {
+        if self.seed_checked {
+            return Ok(0);
+        }
+        let writes = self.ensure_hash_seed()?;
+        self.seed_checked = true;
+        Ok(writes)
     }
 
     fn apply(&mut self, write: &Write) -> Result<(), MapsError> {
@@ -129,6 +303,7 @@ mod tests {
         fixtures::{service, slice},
         maps::memory::{MemoryMaps, Op},
         model::desired_state,
+        node::ThisNode,
     };
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use lb_common::{
@@ -152,7 +327,7 @@ mod tests {
     }
 
     fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
-        desired_state(services, slices, "node-a").0
+        desired_state(services, slices, &ThisNode::named("node-a")).0
     }
 
     fn fe(protocol: u8) -> FrontendKey {
@@ -175,6 +350,8 @@ mod tests {
                 Op::Service(Write::DeleteBackend(..)) => "delete backend",
                 Op::DeleteConntrack(..) => "delete conntrack",
                 Op::SetConfig(..) => "set config",
+                Op::PutName(..) => "put name",
+                Op::DeleteName(..) => "delete name",
             })
             .collect()
     }
@@ -202,12 +379,18 @@ mod tests {
                 "put backend",
                 "put slot",
                 "put slot",
-                "put frontend"
+                "put frontend",
+                "put name"
             ]
         );
         assert_eq!(
             (report.frontends, report.backends, report.writes),
-            (1, 2, 6)
+            (1, 2, 7)
+        );
+        assert_eq!(
+            syncer.maps().names[&1].as_str(),
+            Some("shop/web:p"),
+            "lbctl's name for service 1"
         );
         let m = syncer.maps();
         assert_eq!(
@@ -308,7 +491,12 @@ mod tests {
         syncer.sync(&DesiredState::default()).expect("sync");
         assert_eq!(
             kinds(&syncer.maps.take_log()),
-            ["delete frontend", "delete slot", "delete backend"]
+            [
+                "delete frontend",
+                "delete slot",
+                "delete backend",
+                "delete name"
+            ]
         );
         let m = syncer.maps();
         assert!(m.frontends.is_empty() && m.slots.is_empty() && m.backends.is_empty());
@@ -403,10 +591,12 @@ mod tests {
 
     #[test]
     fn deleting_a_udp_service_clears_its_conntrack_entries() {
-        let mut syncer = synced(&desired(
-            &[web("UDP"), web("TCP")],
-            &[endpoints("UDP", &["10.244.1.2"])],
-        ));
+        // One Service, the same port over UDP and TCP.
+        let both = service("shop", "web", "10.96.0.10")
+            .port("p", 80, "UDP")
+            .port("q", 80, "TCP")
+            .build();
+        let mut syncer = synced(&desired(&[both], &[endpoints("UDP", &["10.244.1.2"])]));
         let udp_backend = syncer.maps.backends[&1];
         let sid = syncer.maps.frontends[&fe(proto::UDP)].service_id;
         let flows = [

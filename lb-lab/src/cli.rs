@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use serde::Deserialize;
 
-use crate::lab::{command_in, Lab, UpOptions};
+use crate::lab::{command_in, AgentSource, Lab, UpOptions};
 use crate::manifests::{split_by_object, Store};
 use crate::plan::Plan;
 use crate::state::StateDir;
@@ -28,6 +29,10 @@ pub enum LabCommand {
         /// Seconds to wait for every echo server and agent to be ready.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+        /// Where the agents read Services from: manifest files, or the lab's API server
+        /// (started on the control-plane node, 172.18.0.2:6443, kubeconfig in the state dir).
+        #[arg(long, value_enum, default_value_t = AgentSource::Kube)]
+        agent_source: AgentSource,
         /// Extra arguments for every agent, after `--` (e.g. `-- --bpf-log debug`).
         #[arg(last = true)]
         agent_args: Vec<String>,
@@ -56,6 +61,24 @@ pub enum LabCommand {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Change a pod's readiness or termination, as kubelet would report it.
+    Pod {
+        /// Pod name: `worker-echo-1`, ...
+        name: String,
+        /// `ready`/`unready` set the Ready condition; `terminating` marks it deleted (it
+        /// keeps running, as in its grace period); `running` clears that mark.
+        #[arg(value_enum)]
+        state: PodAction,
+    },
+}
+
+/// What `lab pod` does to a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodAction {
+    Ready,
+    Unready,
+    Terminating,
+    Running,
 }
 
 /// Runs `cmd`. For `exec`, a non-zero exit status of the command ends this process with the
@@ -69,6 +92,7 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
             no_agents,
             keep_on_failure,
             timeout_secs,
+            agent_source,
             agent_args,
         } => {
             let _lock = lock()?;
@@ -77,8 +101,16 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
                 keep_on_failure,
                 ready_timeout: Duration::from_secs(timeout_secs),
                 agent_args,
+                agent_source,
             };
-            Lab::up(bins, opts)?;
+            let lab = Lab::up(bins, opts)?;
+            if agent_source == AgentSource::Kube {
+                println!(
+                    "lab: API server at {}; from the host: `cargo xtask lab exec host -- curl -s {}/api/v1/services`",
+                    lab.control_plane().url(),
+                    lab.control_plane().url()
+                );
+            }
             println!("lab: try `cargo xtask lab status` or `cargo xtask lab exec worker-client -- ip route`");
             Ok(())
         }
@@ -100,7 +132,31 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
             let _lock = lock()?;
             delete(bins, &file)
         }
+        LabCommand::Pod { name, state } => {
+            let _lock = lock()?;
+            let lab = Lab::attach(bins)?;
+            match state {
+                PodAction::Ready => lab.set_pod_ready(&name, true)?,
+                PodAction::Unready => lab.set_pod_ready(&name, false)?,
+                PodAction::Terminating => lab.set_pod_terminating(&name, true)?,
+                PodAction::Running => lab.set_pod_terminating(&name, false)?,
+            }
+            let now = lab.pod_state(&name)?;
+            println!(
+                "pod {name}: ready={} terminating={}",
+                now.ready, now.terminating
+            );
+            Ok(())
+        }
     }
+}
+
+/// The running lab if it uses the API server (kube mode); `None` for file mode.
+fn kube_lab(bins: &Binaries) -> Result<Option<Lab>> {
+    if !StateDir::new(&bins.state_dir).apiserver_pid().exists() {
+        return Ok(None);
+    }
+    Lab::attach(bins).map(Some)
 }
 
 /// Takes the lab lock, saying so if it has to wait (a lab test may be running).
@@ -145,6 +201,27 @@ fn apply(bins: &Binaries, file: &Path) -> Result<()> {
     let yaml =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let objects = split_by_object(&yaml).with_context(|| format!("in {}", file.display()))?;
+    if let Some(lab) = kube_lab(bins)? {
+        for (id, doc) in objects {
+            let rendered = lab
+                .apply_yaml(&id.manifest_name(), &doc)
+                .with_context(|| format!("applying {id}"))?;
+            let derived = rendered
+                .derived
+                .first()
+                .map(|(_, slices, eps)| format!(", {slices} EndpointSlice(s), {eps} endpoints"))
+                .unwrap_or_default();
+            // The first document is the object as the server stored it.
+            let cluster_ip = serde_yaml::Deserializer::from_str(&rendered.yaml)
+                .next()
+                .and_then(|doc| serde_yaml::Value::deserialize(doc).ok())
+                .and_then(|v| v["spec"]["clusterIP"].as_str().map(str::to_string))
+                .map(|ip| format!(" (clusterIP {ip}{derived})"))
+                .unwrap_or_default();
+            println!("{id} applied{cluster_ip}");
+        }
+        return Ok(());
+    }
     let (state, plan) = store_parts(bins);
     let store = Store {
         state: &state,
@@ -172,6 +249,16 @@ fn delete(bins: &Binaries, file: &Path) -> Result<()> {
     let yaml =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let objects = split_by_object(&yaml).with_context(|| format!("in {}", file.display()))?;
+    if let Some(lab) = kube_lab(bins)? {
+        for (id, _) in objects {
+            if lab.delete_yaml(&id.manifest_name())? {
+                println!("{id} deleted");
+            } else {
+                println!("{id} was not applied");
+            }
+        }
+        return Ok(());
+    }
     let (state, plan) = store_parts(bins);
     let store = Store {
         state: &state,
@@ -230,6 +317,24 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn up_takes_an_agent_source_and_pod_takes_a_state() {
+        let cli = Cli::try_parse_from(["lab", "up", "--agent-source", "kube"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            LabCommand::Up {
+                agent_source: AgentSource::Kube,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["lab", "pod", "worker-echo-1", "unready"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            LabCommand::Pod { state: PodAction::Unready, ref name } if name == "worker-echo-1"
+        ));
+        assert!(Cli::try_parse_from(["lab", "pod", "worker-echo-1", "sleepy"]).is_err());
     }
 
     #[test]

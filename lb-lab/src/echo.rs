@@ -1,6 +1,10 @@
 //! The pods' echo server (`lb-lab echo`): minimal HTTP/1.1 over TCP and a datagram echo over
 //! UDP on the same port, answering with the pod's name and the client address it saw (like
 //! agnhost netexec).
+//!
+//! A TCP client that sends `STREAM` and a blank line instead of an HTTP request gets a
+//! long-lived line echo instead (`OK`, then one answer per line), for tests that need a
+//! connection to outlive agent restarts.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -45,6 +49,8 @@ pub fn answer(name: &str, what: &str, peer: SocketAddr, http: bool) -> Option<St
         "hostname" | "/hostname" => Some(name.to_string()),
         "clientip" | "/clientip" => Some(peer.to_string()),
         "/" => Some(format!("{name} {peer}")),
+        // Sequence-numbered probes of long-lived flows are echoed, so losses show.
+        seq if seq.starts_with("seq ") => Some(format!("{name} {seq}")),
         _ if http => None,
         _ => Some(format!("{name} {peer}")),
     }
@@ -78,7 +84,14 @@ fn handle_http(mut stream: TcpStream, name: &str) -> io::Result<()> {
     let peer = stream.peer_addr()?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let (status, body) = match read_request_head(&mut stream)? {
+    let head = read_request_head(&mut stream)?;
+    if head
+        .as_deref()
+        .is_some_and(|h| h.trim_start().starts_with("STREAM"))
+    {
+        return stream_lines(stream, name, peer);
+    }
+    let (status, body) = match head {
         None => (
             "431 Request Header Fields Too Large",
             "request too large".to_string(),
@@ -93,6 +106,21 @@ fn handle_http(mut stream: TcpStream, name: &str) -> io::Result<()> {
     stream.flush()?;
     // Errors here only mean the client already left.
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// The long-lived mode: `OK`, then an answer for every line until the client closes.
+fn stream_lines(stream: TcpStream, name: &str, peer: SocketAddr) -> io::Result<()> {
+    use std::io::BufRead;
+    // Flows in tests pause while agents restart; a minute of silence is still alive.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut writer = stream.try_clone()?;
+    writer.write_all(b"OK\n")?;
+    for line in io::BufReader::new(stream).lines() {
+        let line = line?;
+        let reply = answer(name, line.trim(), peer, false).unwrap_or_default();
+        writer.write_all(format!("{reply}\n").as_bytes())?;
+    }
     Ok(())
 }
 
@@ -195,6 +223,7 @@ mod tests {
             answer("p", "hi", peer(), false).unwrap(),
             "p 10.244.1.4:40000"
         );
+        assert_eq!(answer("p", "seq 7", peer(), false).unwrap(), "p seq 7");
     }
 
     #[test]

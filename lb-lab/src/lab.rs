@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::apiserver::{Client, PauseMode};
 use crate::bpffs;
+use crate::control_plane::ControlPlane;
 use crate::manifests::{Rendered, Store};
 use crate::netns;
 use crate::plan::{Node, Plan, Pod, ECHO_PORT};
@@ -25,6 +27,21 @@ use crate::Binaries;
 
 /// How many log lines an error shows.
 const LOG_TAIL_LINES: usize = 20;
+/// How long a restarted API server may take to answer.
+const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the agents read Services and EndpointSlices from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentSource {
+    /// `--source file:<state_dir>/manifests`: the lab writes manifests, with EndpointSlices
+    /// derived from the pods.
+    File,
+    /// `--source kube --kubeconfig <state_dir>/kubeconfig`: the lab runs its API server on
+    /// the control-plane node (172.18.0.2:6443, as in Kind) and writes objects through it,
+    /// so the agents run exactly as they would in Kind.
+    #[default]
+    Kube,
+}
 
 /// Options for [`Lab::up`].
 #[derive(Clone, Debug)]
@@ -37,6 +54,8 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// Extra arguments for every agent, e.g. `["--bpf-log", "debug"]`.
     pub agent_args: Vec<String>,
+    /// Manifest files or the lab's API server.
+    pub agent_source: AgentSource,
 }
 
 impl Default for UpOptions {
@@ -46,6 +65,7 @@ impl Default for UpOptions {
             keep_on_failure: false,
             ready_timeout: Duration::from_secs(30),
             agent_args: Vec::new(),
+            agent_source: AgentSource::default(),
         }
     }
 }
@@ -73,6 +93,7 @@ pub struct Lab {
     plan: Plan,
     state: StateDir,
     agents: bool,
+    source: AgentSource,
 }
 
 impl Lab {
@@ -103,6 +124,7 @@ impl Lab {
             plan: Plan::kind(),
             state: StateDir::new(&bins.state_dir),
             agents: !opts.no_agents,
+            source: opts.agent_source,
         };
         match lab.build(&opts) {
             Ok(()) => Ok(lab),
@@ -142,11 +164,17 @@ impl Lab {
                 .flatten()
                 .is_some()
         });
+        let source = if state.apiserver_pid().exists() {
+            AgentSource::Kube
+        } else {
+            AgentSource::File
+        };
         Ok(Lab {
             bins: bins.clone(),
             plan,
             state,
             agents,
+            source,
         })
     }
 
@@ -264,48 +292,159 @@ impl Lab {
         netns::run_in(&netns::qualify(from_ns), || probe::probe(req))?
     }
 
-    /// Writes manifest `name` (Services get their EndpointSlices derived from the pods) into
-    /// `<state_dir>/manifests/<name>.yaml`, atomically; replaces an earlier one of that name.
+    /// Where the agents read Services and EndpointSlices from.
+    pub fn agent_source(&self) -> AgentSource {
+        self.source
+    }
+
+    /// Applies manifest `name`, replacing an earlier one of that name.
+    ///
+    /// With [`AgentSource::File`] it is written to `<state_dir>/manifests/<name>.yaml`
+    /// (atomically), each Service followed by the EndpointSlices derived from the pods. With
+    /// [`AgentSource::Kube`] its objects are created or replaced through the API server
+    /// (whose controller derives the EndpointSlices), and objects an earlier manifest of this
+    /// name had are deleted; the returned YAML is what the server stored.
     ///
     /// # Errors
-    /// If the name or YAML is invalid or the file cannot be written.
+    /// If the name or YAML is invalid, the file cannot be written, or the API server refuses
+    /// an object (with its reason).
     pub fn apply_yaml(&self, name: &str, yaml: &str) -> Result<Rendered> {
-        self.store().apply(name, yaml)
+        match self.source {
+            AgentSource::File => self.store().apply(name, yaml),
+            AgentSource::Kube => self.control_plane().apply(name, yaml),
+        }
     }
 
-    /// Removes manifest `name`; whether it existed.
+    /// Removes manifest `name` (and, in kube mode, deletes its objects); whether it existed.
     ///
     /// # Errors
-    /// If the name is invalid or the file cannot be removed.
+    /// If the name is invalid, the file cannot be removed, or the API server refuses.
     pub fn delete_yaml(&self, name: &str) -> Result<bool> {
-        self.store().delete(name)
+        match self.source {
+            AgentSource::File => self.store().delete(name),
+            AgentSource::Kube => self.control_plane().delete(name),
+        }
     }
 
-    /// Marks pod `pod` ready or not, and re-derives every EndpointSlice.
+    /// Marks pod `pod` ready or not; its EndpointSlices follow.
     ///
     /// # Errors
-    /// If the pod is unknown or the state cannot be written.
+    /// If the pod is unknown, or the state cannot be written (file mode) or the API server
+    /// refuses (kube mode).
     pub fn set_pod_ready(&self, pod: &str, ready: bool) -> Result<()> {
-        self.update_pod(pod, |s| s.ready = ready)
+        match self.source {
+            AgentSource::File => self.update_pod(pod, |s| s.ready = ready),
+            AgentSource::Kube => {
+                let name = &self.known_pod(pod)?.name;
+                self.control_plane().set_pod_ready(name, ready)
+            }
+        }
     }
 
-    /// Marks pod `pod` terminating (deletion requested) or not, and re-derives every
-    /// EndpointSlice. The pod keeps running and answering, as a real pod does during its grace
-    /// period.
+    /// Marks pod `pod` terminating (deletion requested) or not; its EndpointSlices follow.
+    /// The pod keeps running and answering, as a real pod does during its grace period.
     ///
     /// # Errors
-    /// If the pod is unknown or the state cannot be written.
+    /// As [`Lab::set_pod_ready`].
     pub fn set_pod_terminating(&self, pod: &str, terminating: bool) -> Result<()> {
-        self.update_pod(pod, |s| s.terminating = terminating)
+        match self.source {
+            AgentSource::File => self.update_pod(pod, |s| s.terminating = terminating),
+            AgentSource::Kube => {
+                let name = &self.known_pod(pod)?.name;
+                self.control_plane().set_pod_terminating(name, terminating)
+            }
+        }
     }
 
     /// Pod `pod`'s readiness and termination state.
     ///
     /// # Errors
-    /// If the pod is unknown or the state file is unreadable.
+    /// If the pod is unknown or its state cannot be read.
     pub fn pod_state(&self, pod: &str) -> Result<PodState> {
         let pod = self.known_pod(pod)?;
-        Ok(PodStates::load(&self.state.pod_states())?.get(&pod.name))
+        match self.source {
+            AgentSource::File => Ok(PodStates::load(&self.state.pod_states())?.get(&pod.name)),
+            AgentSource::Kube => self.control_plane().pod_state(&pod.name),
+        }
+    }
+
+    /// The lab's API server (kube mode): address, client, faults.
+    pub fn control_plane(&self) -> ControlPlane<'_> {
+        ControlPlane {
+            bins: &self.bins,
+            state: &self.state,
+            plan: &self.plan,
+        }
+    }
+
+    /// `<state_dir>/kubeconfig` (kube mode): server http://172.18.0.2:6443, context `lbk`.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state.kubeconfig()
+    }
+
+    /// A client for the API server, making its requests from the host namespace.
+    pub fn apiserver_client(&self) -> Client {
+        self.control_plane().client()
+    }
+
+    /// Stops the API server with SIGSTOP: it is unreachable, connections to it hang.
+    ///
+    /// # Errors
+    /// If there is no running API server.
+    pub fn apiserver_stop(&self) -> Result<()> {
+        self.control_plane().stop()
+    }
+
+    /// Continues the API server after [`Lab::apiserver_stop`].
+    ///
+    /// # Errors
+    /// If there is no running API server.
+    pub fn apiserver_cont(&self) -> Result<()> {
+        self.control_plane().cont()
+    }
+
+    /// Kills the API server (SIGKILL) and starts it again from its state file; waits until it
+    /// answers. Its watch history starts empty, so clients resuming from an older version than
+    /// its current one get 410 Gone and relist.
+    ///
+    /// # Errors
+    /// If it cannot be killed or does not come back.
+    pub fn apiserver_restart(&self) -> Result<()> {
+        self.control_plane()
+            .restart(APISERVER_READY_TIMEOUT)
+            .map(drop)
+    }
+
+    /// Cuts every open watch connection; returns how many there were.
+    ///
+    /// # Errors
+    /// If the API server does not answer.
+    pub fn apiserver_drop_watches(&self) -> Result<u64> {
+        self.control_plane().drop_watches()
+    }
+
+    /// Forgets the API server's watch history: watches resuming from an earlier
+    /// resourceVersion get 410 Gone. Returns the new resourceVersion.
+    ///
+    /// # Errors
+    /// If the API server does not answer.
+    pub fn apiserver_compact(&self) -> Result<String> {
+        self.control_plane().compact()
+    }
+
+    /// Holds (`Hang`) or refuses with 503 (`Unavailable`) API requests, the process staying
+    /// up; [`Lab::apiserver_resume`] ends it.
+    ///
+    /// # Errors
+    /// If the API server does not answer.
+    pub fn apiserver_pause(&self, mode: PauseMode) -> Result<()> {
+        self.control_plane().pause(mode)
+    }
+
+    /// # Errors
+    /// If the API server does not answer.
+    pub fn apiserver_resume(&self) -> Result<()> {
+        self.control_plane().resume()
     }
 
     fn update_pod(&self, pod: &str, change: impl FnOnce(&mut PodState)) -> Result<()> {
@@ -315,6 +454,87 @@ impl Lab {
         states.update(&name, change);
         states.save(&path)?;
         self.store().rerender_all()
+    }
+
+    /// Kills node `node`'s agent with SIGKILL, as a crash would: its pinned maps and links
+    /// stay behind, so the node's datapath keeps serving without it.
+    ///
+    /// # Errors
+    /// If the node is unknown, its agent is not running, or it does not die.
+    pub fn kill_agent(&self, node: &str) -> Result<()> {
+        let node = self.known_node(node)?;
+        let record = process::read_pid_file(&self.state.agent_pid(&node.name))?
+            .with_context(|| format!("no agent recorded for node {}", node.name))?;
+        process::signal(record, nix::sys::signal::Signal::SIGKILL)?;
+        anyhow::ensure!(
+            process::wait_dead(record, Duration::from_secs(5)),
+            "the agent of node {} (pid {}) survived SIGKILL",
+            node.name,
+            record.pid
+        );
+        Ok(())
+    }
+
+    /// Starts node `node`'s agent again (after [`Lab::kill_agent`]) with the lab's usual
+    /// arguments plus `extra`, and waits until it has synced.
+    ///
+    /// # Errors
+    /// If the node is unknown, or the agent exits or is not ready in time (with its log).
+    pub fn start_agent(&self, node: &str, extra: &[String]) -> Result<()> {
+        let node = self.known_node(node)?.clone();
+        // A killed agent cannot remove its ready file; the new one must write its own.
+        remove_file_if_exists(&self.state.ready_file(&node.name))?;
+        self.spawn_agent(&node, extra)?;
+        self.wait_for(vec![Waiting::Agent(node.name)], Duration::from_secs(30))
+    }
+
+    /// The pid of node `node`'s running agent.
+    ///
+    /// # Errors
+    /// If the node is unknown or no agent is recorded for it.
+    pub fn agent_pid(&self, node: &str) -> Result<u32> {
+        let node = self.known_node(node)?;
+        let record = process::read_pid_file(&self.state.agent_pid(&node.name))?
+            .with_context(|| format!("no agent recorded for node {}", node.name))?;
+        Ok(record.pid as u32)
+    }
+
+    /// Ids of the tc programs attached to node `node`'s pod interfaces, sorted: which
+    /// programs the datapath runs right now.
+    ///
+    /// # Errors
+    /// If the node is unknown or the kernel cannot be asked.
+    pub fn datapath_program_ids(&self, node: &str) -> Result<Vec<u32>> {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let node = self.known_node(node)?;
+        let veths: Vec<String> = self
+            .plan
+            .pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .map(|p| p.veth.clone())
+            .collect();
+        let mut ids = netns::run_in(&node.ns, || -> Result<Vec<u32>> {
+            let mut ids = Vec::new();
+            for veth in &veths {
+                for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    let (_, programs) = SchedClassifier::query_tcx(veth, attach_type)
+                        .with_context(|| format!("querying tcx programs on {veth}"))?;
+                    ids.extend(programs.iter().map(|p| p.id()));
+                }
+            }
+            Ok(ids)
+        })??;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn known_node(&self, node: &str) -> Result<&Node> {
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node `{node}` in the lab"))
     }
 
     fn known_pod(&self, pod: &str) -> Result<&Pod> {
@@ -337,6 +557,11 @@ impl Lab {
             self.plan.namespaces().len()
         );
         topology::create(&self.plan)?;
+        if self.source == AgentSource::Kube {
+            let cp = self.control_plane();
+            println!("lab: starting the API server on {}", cp.url());
+            cp.start(opts.ready_timeout)?;
+        }
         for pod in &self.plan.pods {
             self.start_echo(pod)?;
         }
@@ -345,7 +570,7 @@ impl Lab {
                 println!("lab: mounted the BPF filesystem on {}", bpffs::BPFFS);
             }
             for node in &self.plan.nodes {
-                self.start_agent(node, &opts.agent_args)?;
+                self.spawn_agent(node, &opts.agent_args)?;
             }
         }
         self.wait_ready(opts.ready_timeout)?;
@@ -353,10 +578,10 @@ impl Lab {
             "lab: up: {} nodes, {} pods{}",
             self.plan.nodes.len(),
             self.plan.pods.len(),
-            if self.agents {
-                ", agents ready"
-            } else {
-                ", no agents"
+            match (self.agents, self.source) {
+                (false, _) => ", no agents",
+                (true, AgentSource::File) => ", agents ready (file source)",
+                (true, AgentSource::Kube) => ", agents ready (kube source)",
             }
         );
         Ok(())
@@ -376,6 +601,7 @@ impl Lab {
         for node in &self.plan.nodes {
             remove_file_if_exists(&s.ready_file(&node.name))?;
         }
+        self.control_plane().forget()?;
         PodStates::all_default(self.plan.pods.iter().map(|p| p.name.as_str())).save(&s.pod_states())
     }
 
@@ -397,16 +623,25 @@ impl Lab {
         .with_context(|| format!("starting the echo server of pod {}", pod.name))
     }
 
-    fn start_agent(&self, node: &Node, extra: &[String]) -> Result<PidRecord> {
+    fn spawn_agent(&self, node: &Node, extra: &[String]) -> Result<PidRecord> {
         let pin_dir = bpffs::pin_dir(&node.name);
         fs::create_dir_all(&pin_dir)
             .with_context(|| format!("cannot create {}", pin_dir.display()))?;
         let mut args: Vec<OsString> = vec!["--node-name".into(), node.name.clone().into()];
-        let mut source = OsString::from("file:");
-        source.push(self.state.manifests());
+        match self.source {
+            AgentSource::File => {
+                let mut source = OsString::from("file:");
+                source.push(self.state.manifests());
+                args.extend(["--source".into(), source]);
+            }
+            AgentSource::Kube => args.extend([
+                "--source".into(),
+                "kube".into(),
+                "--kubeconfig".into(),
+                self.state.kubeconfig().into(),
+            ]),
+        }
         args.extend([
-            "--source".into(),
-            source,
             "--pin-dir".into(),
             pin_dir.into(),
             "--ready-file".into(),
@@ -426,7 +661,6 @@ impl Lab {
     /// Waits for every echo server to accept on 127.0.0.1:8080 in its pod and every agent's
     /// ready file; fails early if one of them exits.
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let mut pending: Vec<Waiting> = self
             .plan
             .pods
@@ -441,6 +675,12 @@ impl Lab {
                     .map(|n| Waiting::Agent(n.name.clone())),
             );
         }
+        self.wait_for(pending, timeout)
+    }
+
+    /// Waits until everything in `pending` is ready; fails early if one of them exits.
+    fn wait_for(&self, mut pending: Vec<Waiting>, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         while !pending.is_empty() {
             let mut still = Vec::new();
             for w in pending {

@@ -5,13 +5,17 @@
 //! interfaces, routes and firewall are never touched. See DEVELOPERS.md, "The lab".
 //!
 //! - [`Lab`]: bring the lab up, attach to it, probe through it, apply Services, tear it down.
+//! - [`apiserver`]: the lab's Kubernetes API server (also for in-process tests with kube-rs).
 //! - [`cli`]: `cargo xtask lab up|down|status|exec|apply|delete`.
 //! - [`testing`]: the root gate and the lock every lab test holds.
 
+pub mod apiserver;
 pub mod bpffs;
 pub mod cli;
 pub mod cmd;
+pub mod control_plane;
 pub mod echo;
+pub mod flow;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
@@ -28,7 +32,7 @@ pub mod topology;
 
 use std::path::{Path, PathBuf};
 
-pub use lab::{DownOnDrop, Lab, UpOptions};
+pub use lab::{AgentSource, DownOnDrop, Lab, UpOptions};
 pub use plan::{Node, Pod, ECHO_PORT};
 pub use probe::{ProbeError, ProbeRequest};
 pub use teardown::{teardown, Teardown};

@@ -1,6 +1,8 @@
-//! `lb-lab`: the programs the lab runs inside pods: `echo` (the server) and `probe` (a client).
+//! `lb-lab`: the programs the lab runs: `echo` (the pods' server), `probe` (a client) and
+//! `apiserver` (the lab's Kubernetes API server).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,6 +51,25 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// A Kubernetes API server for tests and the lab (Services, EndpointSlices, Nodes, Pods;
+    /// list and watch; fault injection under /lab/). Plain HTTP, no authentication.
+    Apiserver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// Persist the store here (and in `<state>.journal`), and resume from it at start.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Create the lab's Nodes and Pods and the `default/kubernetes` Service if missing.
+        #[arg(long)]
+        seed_lab: bool,
+        /// Change events kept for watches to resume from; older ones get 410 Gone.
+        #[arg(long, default_value_t = 1000)]
+        history: usize,
+        /// Milliseconds between BOOKMARK events on watches that allow them.
+        #[arg(long, default_value_t = 2000)]
+        bookmark_interval_ms: u64,
+    },
     /// The lab's own commands (as `cargo xtask lab`), with binaries found beside this one.
     #[command(hide = true)]
     Lab {
@@ -65,6 +86,26 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("echo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Apiserver {
+            listen,
+            state,
+            seed_lab,
+            history,
+            bookmark_interval_ms,
+        } => {
+            let mut config = lb_lab::apiserver::Config::new(listen);
+            config.state_file = state;
+            config.seed_lab = seed_lab;
+            config.history_limit = history;
+            config.bookmark_interval = Duration::from_millis(bookmark_interval_ms);
+            match lb_lab::apiserver::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("apiserver: {e:#}");
                     ExitCode::FAILURE
                 }
             }

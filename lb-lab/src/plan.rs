@@ -27,6 +27,11 @@ pub const MAX_IFNAME: usize = 15;
 
 /// Node names, in address order (control-plane is .2 and 10.244.0.0/24).
 const NODE_NAMES: [&str; 3] = ["control-plane", "worker", "worker2"];
+/// Each node's `topology.kubernetes.io/zone`: two zones, so that topology-aware routing has a
+/// same-zone pair (control-plane, worker) and a node alone in its zone (worker2).
+const NODE_ZONES: [&str; 3] = ["zone-a", "zone-a", "zone-b"];
+/// The label kubelet and cloud providers put a node's zone in.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Pods on every node: (role, app label).
 const POD_ROLES: [(&str, &str); 3] = [("echo-1", "echo"), ("echo-2", "echo"), ("client", "client")];
 
@@ -72,6 +77,8 @@ pub struct Node {
     pub pod_gateway: Ipv4Addr,
     /// Name of the bridge port in [`NET_NS`] that leads to this node.
     pub bridge_port: String,
+    /// The node's topology zone ([`ZONE_LABEL`]), e.g. `zone-a`.
+    pub zone: String,
 }
 
 /// A named port of a pod's container, as `spec.containers[].ports[]` would list it.
@@ -142,7 +149,7 @@ impl Plan {
     pub fn kind() -> Self {
         let mut nodes = Vec::new();
         let mut pods = Vec::new();
-        for (index, node_name) in (0u8..).zip(NODE_NAMES) {
+        for ((index, node_name), zone) in (0u8..).zip(NODE_NAMES).zip(NODE_ZONES) {
             let node = Node {
                 name: node_name.to_string(),
                 ns: format!("{PREFIX}{node_name}"),
@@ -150,6 +157,7 @@ impl Plan {
                 pod_cidr: Ipv4Cidr::new(Ipv4Addr::new(10, 244, index, 0), 24),
                 pod_gateway: Ipv4Addr::new(10, 244, index, 1),
                 bridge_port: node_name.to_string(),
+                zone: zone.to_string(),
             };
             for (slot, (role, app)) in (0u8..).zip(POD_ROLES) {
                 let name = format!("{node_name}-{role}");
@@ -190,6 +198,11 @@ impl Plan {
     /// The pod called `name`: its pod name (`worker-echo-1`) or namespace (`lbk-worker-echo-1`).
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.name == name || p.ns == name)
+    }
+
+    /// The zone of node `node`, if the lab has such a node.
+    pub fn zone_of(&self, node: &str) -> Option<&str> {
+        self.node(node).map(|n| n.zone.as_str())
     }
 
     /// Pods on node `node`.

@@ -168,6 +168,46 @@ pub fn is_alive(record: PidRecord) -> bool {
     }
 }
 
+/// Sends `signal` to the process in `record` if it is still running.
+///
+/// # Errors
+/// If it is not running (or its pid was reused), or the signal cannot be sent.
+pub fn signal(record: PidRecord, signal: Signal) -> Result<()> {
+    anyhow::ensure!(is_alive(record), "pid {} is not running", record.pid);
+    kill(Pid::from_raw(record.pid), signal)
+        .with_context(|| format!("cannot send {signal} to pid {}", record.pid))
+}
+
+/// Waits up to `limit` for the process in `record` to exit; whether it did.
+/// Waits until every thread of `record` is stopped (state `T` after SIGSTOP); whether it
+/// happened within `limit`.
+pub fn wait_stopped(record: PidRecord, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let all_stopped = || -> Option<bool> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", record.pid)).ok()?;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // The state follows the parenthesised command name, which may hold spaces.
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            if state != "T" {
+                return Some(false);
+            }
+        }
+        Some(true)
+    };
+    while std::time::Instant::now() < deadline {
+        if all_stopped() == Some(true) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+pub fn wait_dead(record: PidRecord, limit: Duration) -> bool {
+    wait_all_dead(&[record], limit)
+}
+
 /// How [`stop`] ended a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -188,6 +228,9 @@ pub fn stop(records: &[PidRecord], grace: Duration) -> Vec<Stopped> {
         .iter()
         .map(|r| {
             if is_alive(*r) && kill(Pid::from_raw(r.pid), Signal::SIGTERM).is_ok() {
+                // A stopped process (the lab SIGSTOPs its API server for outage tests) only
+                // acts on SIGTERM once continued.
+                let _ = kill(Pid::from_raw(r.pid), Signal::SIGCONT);
                 Stopped::Terminated
             } else {
                 Stopped::AlreadyGone

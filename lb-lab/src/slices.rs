@@ -1,16 +1,17 @@
-//! EndpointSlices for a Service from the lab's pods, as kube-controller-manager's EndpointSlice
-//! controller would write them.
+//! EndpointSlices for a Service from pods, as kube-controller-manager's EndpointSlice
+//! controller would write them: used for the file source's manifests and by the lab's API
+//! server.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod as KubePod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::plan::{Pod, POD_NAMESPACE};
-use crate::pod_state::PodStates;
+use crate::plan::{Pod, POD_NAMESPACE, ZONE_LABEL};
+use crate::pod_state::{PodState, PodStates};
 
 /// Label that ties a slice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -29,17 +30,133 @@ type PortKey = (String, String, i32, Option<String>);
 /// A slice's port set; pods whose ports resolve the same way share slices.
 type PortSet = Vec<PortKey>;
 
-/// The EndpointSlices the controller would maintain for `svc`, given `pods` and their `states`.
+/// A container port a named targetPort can resolve to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: String,
+    pub port: i32,
+}
+
+/// What the controller reads of a pod that may back a Service: the lab's pods and API `Pod`
+/// objects both become this, so that there is one derivation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFacts {
+    pub name: String,
+    pub namespace: String,
+    pub uid: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `status.podIP`.
+    pub ip: String,
+    pub node_name: Option<String>,
+    /// The zone label of the pod's node.
+    pub zone: Option<String>,
+    /// The pod's Ready condition.
+    pub ready: bool,
+    /// Whether the pod has a deletion timestamp.
+    pub terminating: bool,
+    /// Every container port that has a name.
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodFacts {
+    /// A lab pod in `state`, on a node in `zone`.
+    pub fn from_lab(pod: &Pod, state: PodState, zone: Option<&str>) -> Self {
+        Self {
+            name: pod.name.clone(),
+            namespace: POD_NAMESPACE.to_string(),
+            uid: None,
+            labels: pod.labels.clone(),
+            ip: pod.ip.to_string(),
+            node_name: Some(pod.node.clone()),
+            zone: zone.map(str::to_string),
+            ready: state.ready,
+            terminating: state.terminating,
+            ports: pod
+                .ports()
+                .iter()
+                .map(|p| NamedPort {
+                    name: p.name.to_string(),
+                    protocol: p.protocol.to_string(),
+                    port: i32::from(p.port),
+                })
+                .collect(),
+        }
+    }
+
+    /// An API `Pod` whose node is in `zone`; `None` for a pod the controller would leave out
+    /// (`ShouldPodBeInEndpoints`): no name or IP yet, or finished (phase Succeeded or Failed).
+    pub fn from_pod(pod: &KubePod, zone: Option<String>) -> Option<Self> {
+        let status = pod.status.as_ref()?;
+        let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let spec = pod.spec.as_ref();
+        let ports = spec
+            .into_iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone().filter(|n| !n.is_empty())?,
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
+                    port: p.container_port,
+                })
+            })
+            .collect();
+        Some(Self {
+            name: pod.metadata.name.clone()?,
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| POD_NAMESPACE.to_string()),
+            uid: pod.metadata.uid.clone(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ip,
+            node_name: spec.and_then(|s| s.node_name.clone()),
+            zone,
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            ports,
+        })
+    }
+
+    /// Whether every `key=value` of `selector` is among the pod's labels.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// The EndpointSlices the controller would maintain for `svc`, given the lab's `pods` and
+/// their `states` (the file source's view; see [`derive`]).
+pub fn endpoint_slices(svc: &Service, pods: &[Pod], states: &PodStates) -> Vec<EndpointSlice> {
+    let plan = crate::plan::Plan::kind();
+    let facts: Vec<PodFacts> = pods
+        .iter()
+        .map(|p| PodFacts::from_lab(p, states.get(&p.name), plan.zone_of(&p.node)))
+        .collect();
+    derive(svc, &facts)
+}
+
+/// The EndpointSlices the controller would maintain for `svc`, given `pods`.
 ///
 /// Follows the controller: no slices for a Service without a selector (someone else manages
 /// them) or of type ExternalName; only pods in the Service's namespace whose labels match the
 /// selector; `ready` is the pod's readiness (or true with `publishNotReadyAddresses`) and false
 /// while terminating, `serving` is the pod's readiness, `terminating` the deletion mark; named
 /// targetPorts resolve per pod by name and protocol, and a port that does not resolve is left
-/// out for that pod; a Service with no matching pods gets one empty placeholder slice.
+/// out for that pod; a Service with no matching pods gets one empty placeholder slice; at most
+/// [`MAX_ENDPOINTS_PER_SLICE`] endpoints per slice.
 /// Slice names are `<service>-<5 chars>` like `generateName`, but derived from the port set so
 /// that re-deriving gives the same names.
-pub fn endpoint_slices(svc: &Service, pods: &[Pod], states: &PodStates) -> Vec<EndpointSlice> {
+pub fn derive(svc: &Service, pods: &[PodFacts]) -> Vec<EndpointSlice> {
     let Some(svc_name) = svc.metadata.name.as_deref() else {
         return Vec::new();
     };
@@ -59,15 +176,17 @@ pub fn endpoint_slices(svc: &Service, pods: &[Pod], states: &PodStates) -> Vec<E
 
     let mut groups: BTreeMap<PortSet, Vec<Endpoint>> = BTreeMap::new();
     for pod in pods {
-        if namespace != POD_NAMESPACE || !pod.matches(selector) {
+        if pod.namespace != namespace || !pod.matches(selector) {
             continue;
         }
         let ports = service_ports
             .iter()
             .filter_map(|sp| endpoint_port(sp, pod))
             .collect();
-        let endpoint = endpoint(pod, namespace, states, publish_not_ready);
-        groups.entry(ports).or_default().push(endpoint);
+        groups
+            .entry(ports)
+            .or_default()
+            .push(endpoint(pod, publish_not_ready));
     }
 
     let labels = slice_labels(svc, svc_name);
@@ -97,7 +216,7 @@ pub fn endpoint_slices(svc: &Service, pods: &[Pod], states: &PodStates) -> Vec<E
 }
 
 /// The slice port for service port `sp` on `pod`, if its targetPort resolves there.
-fn endpoint_port(sp: &ServicePort, pod: &Pod) -> Option<PortKey> {
+fn endpoint_port(sp: &ServicePort, pod: &PodFacts) -> Option<PortKey> {
     let protocol = sp.protocol.as_deref().unwrap_or("TCP");
     let port = target_port(sp, protocol, pod)?;
     // The controller always sets the name, "" for an unnamed (single) port.
@@ -115,39 +234,47 @@ fn to_endpoint_port((name, protocol, port, app_protocol): &PortKey) -> EndpointP
 }
 
 /// Resolves a service port's targetPort for `pod` (Kubernetes' `FindPort`).
-pub fn target_port(sp: &ServicePort, protocol: &str, pod: &Pod) -> Option<i32> {
+pub fn target_port(sp: &ServicePort, protocol: &str, pod: &PodFacts) -> Option<i32> {
     match &sp.target_port {
         // The API server defaults an unset targetPort to the port.
         None | Some(IntOrString::Int(0)) => Some(sp.port),
         Some(IntOrString::String(name)) if name.is_empty() => Some(sp.port),
         Some(IntOrString::Int(port)) => Some(*port),
         Some(IntOrString::String(name)) => pod
-            .ports()
+            .ports
             .iter()
-            .find(|p| p.name == name && p.protocol == protocol)
-            .map(|p| i32::from(p.port)),
+            .find(|p| &p.name == name && p.protocol == protocol)
+            .map(|p| p.port),
     }
 }
 
-fn endpoint(pod: &Pod, namespace: &str, states: &PodStates, publish_not_ready: bool) -> Endpoint {
-    let state = states.get(&pod.name);
-    let ready = publish_not_ready || (state.ready && !state.terminating);
+fn endpoint(pod: &PodFacts, publish_not_ready: bool) -> Endpoint {
+    // For compatibility the controller never marks a terminating pod ready, unless
+    // publishNotReadyAddresses says every address is to be published.
+    let ready = publish_not_ready || (pod.ready && !pod.terminating);
     Endpoint {
-        addresses: vec![pod.ip.to_string()],
+        addresses: vec![pod.ip.clone()],
         conditions: Some(EndpointConditions {
             ready: Some(ready),
-            serving: Some(state.ready),
-            terminating: Some(state.terminating),
+            serving: Some(pod.ready),
+            terminating: Some(pod.terminating),
         }),
-        node_name: Some(pod.node.clone()),
+        node_name: pod.node_name.clone(),
+        zone: pod.zone.clone(),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".to_string()),
-            namespace: Some(namespace.to_string()),
+            namespace: Some(pod.namespace.clone()),
             name: Some(pod.name.clone()),
+            uid: pod.uid.clone(),
             ..ObjectReference::default()
         }),
         ..Endpoint::default()
     }
+}
+
+/// The zone label of a Node object's labels.
+pub fn zone_label(labels: Option<&BTreeMap<String, String>>) -> Option<String> {
+    labels.and_then(|l| l.get(ZONE_LABEL)).cloned()
 }
 
 fn slice_labels(svc: &Service, svc_name: &str) -> BTreeMap<String, String> {
@@ -246,6 +373,7 @@ spec:
         );
         let first = &slice.endpoints[0];
         assert_eq!(first.node_name.as_deref(), Some("control-plane"));
+        assert_eq!(first.zone.as_deref(), Some("zone-a"));
         let target = first.target_ref.as_ref().unwrap();
         assert_eq!(target.kind.as_deref(), Some("Pod"));
         assert_eq!(target.name.as_deref(), Some("control-plane-echo-1"));
@@ -281,7 +409,7 @@ spec:
 
     #[test]
     fn named_target_port_resolves_by_name_and_protocol_and_unset_means_port() {
-        let pod = &Plan::kind().pods[0];
+        let pod = &PodFacts::from_lab(&Plan::kind().pods[0], PodState::default(), None);
         let port = |target: Option<IntOrString>, port| ServicePort {
             port,
             target_port: target,
@@ -400,6 +528,41 @@ spec:
         assert_eq!(a[0].metadata.name, b[0].metadata.name);
         let suffix = &a[0].metadata.name.as_deref().unwrap()["echo-".len()..];
         assert_eq!(suffix.len(), 5);
+    }
+
+    #[test]
+    fn api_pods_without_an_ip_or_finished_are_left_out_and_ports_default_to_tcp() {
+        let pod = |status: &str| -> KubePod {
+            serde_yaml::from_str(&format!(
+                "{{metadata: {{name: p, namespace: default, uid: u1, labels: {{app: x}}}},
+                  spec: {{nodeName: worker, containers: [{{name: c, ports: [{{name: web, containerPort: 80}}, {{containerPort: 81}}]}}]}},
+                  status: {status}}}"
+            ))
+            .unwrap()
+        };
+        let running = PodFacts::from_pod(
+            &pod(
+                "{phase: Running, podIP: 10.244.1.9, conditions: [{type: Ready, status: 'True'}]}",
+            ),
+            Some("zone-a".into()),
+        )
+        .unwrap();
+        assert!(running.ready && !running.terminating);
+        assert_eq!(running.uid.as_deref(), Some("u1"));
+        assert_eq!(running.node_name.as_deref(), Some("worker"));
+        assert_eq!(
+            running.ports,
+            [NamedPort {
+                name: "web".into(),
+                protocol: "TCP".into(),
+                port: 80
+            }]
+        );
+        assert!(PodFacts::from_pod(&pod("{phase: Pending}"), None).is_none());
+        assert!(PodFacts::from_pod(&pod("{phase: Succeeded, podIP: 10.244.1.9}"), None).is_none());
+        let unready =
+            PodFacts::from_pod(&pod("{phase: Running, podIP: 10.244.1.9}"), None).unwrap();
+        assert!(!unready.ready);
     }
 
     #[test]

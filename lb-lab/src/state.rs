@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 /// <state_dir>/pids/<what>.pid         processes the lab started
 /// <state_dir>/logs/<what>.log         their stdout and stderr
 /// <state_dir>/<node>.ready            written by each agent after its first sync
+/// <state_dir>/apiserver.json          the API server's store (kube mode), plus .journal
+/// <state_dir>/kubeconfig              how the agents (and you) reach the API server
 /// ```
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -66,6 +68,22 @@ impl StateDir {
 
     pub fn ready_file(&self, node: &str) -> PathBuf {
         self.root.join(format!("{node}.ready"))
+    }
+
+    pub fn apiserver_state(&self) -> PathBuf {
+        self.root.join("apiserver.json")
+    }
+
+    pub fn apiserver_pid(&self) -> PathBuf {
+        self.pids().join("apiserver.pid")
+    }
+
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.logs().join("apiserver.log")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
     }
 
     pub fn echo_pid(&self, pod: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::bpffs;
+use crate::control_plane::ControlPlane;
 use crate::manifests::Store;
 use crate::netns;
 use crate::plan::{Plan, BRIDGE, NET_NS};
@@ -41,7 +42,18 @@ pub fn report(bins: &Binaries) -> String {
         return out;
     }
 
-    let pod_states = PodStates::load(&state.pod_states()).unwrap_or_default();
+    let control_plane = ControlPlane {
+        bins,
+        state: &state,
+        plan: &plan,
+    };
+    // In kube mode the API server holds pod states; pods.json is the file mode's.
+    let kube = control_plane.is_started();
+    let pod_states = if kube {
+        control_plane.pod_states().unwrap_or_default()
+    } else {
+        PodStates::load(&state.pod_states()).unwrap_or_default()
+    };
     let width = expected.iter().map(String::len).max().unwrap_or(0);
     let _ = writeln!(out);
     for ns in &expected {
@@ -103,6 +115,13 @@ pub fn report(bins: &Binaries) -> String {
         Ok(names) if names.is_empty() => {
             let _ = writeln!(out, "\nmanifests: none applied");
         }
+        Ok(names) if kube => {
+            let _ = writeln!(
+                out,
+                "\napplied through the API server: {}",
+                names.join(", ")
+            );
+        }
         Ok(names) => {
             let _ = writeln!(
                 out,
@@ -115,6 +134,7 @@ pub fn report(bins: &Binaries) -> String {
             let _ = writeln!(out, "\nmanifests: {e:#}");
         }
     }
+    out.push_str(&control_plane.report());
     out
 }
 

@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 echo "fake agent for $node: source=$source pin=$pin ready=$ready log=$log"
-case "$source" in file:*/manifests) ;; *) echo "bad --source $source" >&2; exit 1 ;; esac
+case "$source" in kube) ;; *) echo "bad --source $source" >&2; exit 1 ;; esac
 [ "$pin" = "/sys/fs/bpf/lbk/$node" ] || { echo "bad --pin-dir $pin" >&2; exit 1; }
 [ -d "$pin" ] || { echo "$pin not visible" >&2; exit 1; }
 [ "$log" = debug ] || { echo "extra agent arguments missing" >&2; exit 1; }
@@ -75,7 +75,8 @@ fn up_starts_an_agent_per_node_in_its_namespace_and_waits_for_its_ready_file() {
     assert!(attached.has_agents());
 
     let report = lab.down().unwrap();
-    assert_eq!(report.stopped.len(), 12, "{report}");
+    // 9 echo servers, 3 agents and the API server.
+    assert_eq!(report.stopped.len(), 13, "{report}");
     assert!(
         report.pin_dirs.iter().any(|d| d.ends_with("lbk/worker")),
         "{report}"

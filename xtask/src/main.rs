@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, test, lab and demo automation for lb.
 
+mod bench;
 mod build;
 mod demo;
 mod run;
@@ -24,6 +25,11 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run every test: host unit tests, BPF packet tests and lab tests.
     Test(test::TestArgs),
+    /// Measurements that print figures and write a report under target/bench/.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCommand,
+    },
     /// Manage the network-namespace lab (a simulated Kind cluster).
     Lab {
         #[command(subcommand)]
@@ -36,6 +42,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Build(args) => build::run_build(&args).map(|_| ()),
         Cmd::Demo(args) => demo::run_demo(&args),
+        Cmd::Bench { cmd } => bench::run(&cmd),
         Cmd::Test(args) => test::run_tests(&args),
         Cmd::Lab { cmd } => {
             // Only `up` starts binaries; the rest work on what is already there.

@@ -26,7 +26,14 @@ pub fn run_tests(args: &TestArgs) -> Result<()> {
     say("running host unit tests, BPF packet tests (BPF_PROG_TEST_RUN) and lab tests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
-        .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+        // Every test binary runs even after a failure, so one run shows every failure.
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--no-fail-fast",
+        ])
         .args(&args.cargo_args)
         .current_dir(&artifacts.workspace)
         .env("LB_EBPF_OBJECT", &artifacts.ebpf_object)

@@ -1,11 +1,32 @@
-//! What `lbctl` shows: the pinned maps read back and rendered as text tables.
+//! `lbctl`: what the datapath holds, read from the maps the agent pinned (so it works while
+//! the agent is down), and how that compares with what the agent wants.
+//!
+//! [`pinned`] reads the maps into a [`snapshot::Snapshot`]; [`dump`], [`services`],
+//! [`conntrack`], [`stats`] and [`diff`] turn it into views, each printable as a table or as
+//! JSON ([`output`]); [`cli`] wires them to the command line.
 
+pub mod cli;
+pub mod conntrack;
+pub mod desired;
+pub mod diff;
+pub mod dump;
+pub mod format;
+pub mod http;
+pub mod map_id;
+pub mod output;
 pub mod pinned;
-pub mod render;
+pub mod services;
+pub mod snapshot;
+pub mod stats;
 pub mod table;
 
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod kernel_tests;
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, which conntrack
-/// timestamps come from.
+/// and affinity timestamps come from.
 pub fn monotonic_ns() -> Result<u64, nix::Error> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
     // The monotonic clock is never negative.

@@ -9,7 +9,7 @@ use aya::{
 };
 use lb_common::{
     maps as names, Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend,
-    FrontendKey,
+    FrontendKey, ServiceName,
 };
 
 use super::{DatapathMaps, MapsError};
@@ -26,6 +26,7 @@ pub struct AyaMaps {
     backends: HashMap<MapData, BackendId, Backend>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     config: Array<MapData, Config>,
+    service_names: HashMap<MapData, u32, ServiceName>,
 }
 
 impl AyaMaps {
@@ -39,6 +40,7 @@ impl AyaMaps {
             backends: typed(names::BACKENDS, take(names::BACKENDS)?)?,
             conntrack: typed(names::CONNTRACK, take(names::CONNTRACK)?)?,
             config: typed(names::CONFIG, take(names::CONFIG)?)?,
+            service_names: typed(names::SERVICE_NAMES, take(names::SERVICE_NAMES)?)?,
         })
     }
 
@@ -53,6 +55,10 @@ impl AyaMaps {
             backends: typed(names::BACKENDS, open_pinned(dir, names::BACKENDS)?)?,
             conntrack: typed(names::CONNTRACK, open_pinned(dir, names::CONNTRACK)?)?,
             config: typed(names::CONFIG, open_pinned(dir, names::CONFIG)?)?,
+            service_names: typed(
+                names::SERVICE_NAMES,
+                open_pinned(dir, names::SERVICE_NAMES)?,
+            )?,
         })
     }
 }
@@ -169,6 +175,20 @@ impl DatapathMaps for AyaMaps {
             .set(0, config, 0)
             .map_err(access(names::CONFIG, "update"))
     }
+
+    fn service_names(&self) -> Result<Vec<(u32, ServiceName)>, MapsError> {
+        entries(&self.service_names, names::SERVICE_NAMES, usize::MAX)
+    }
+
+    fn put_service_name(&mut self, service_id: u32, name: &ServiceName) -> Result<(), MapsError> {
+        self.service_names
+            .insert(service_id, name, 0)
+            .map_err(access(names::SERVICE_NAMES, "update"))
+    }
+
+    fn delete_service_name(&mut self, service_id: u32) -> Result<(), MapsError> {
+        delete(&mut self.service_names, &service_id, names::SERVICE_NAMES)
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +199,7 @@ mod tests {
         loader::{self, BpfLogLevel, Object},
         maps::{memory::MemoryMaps, MapState},
         model::desired_state,
+        node::ThisNode,
         sync::Syncer,
         testing::{require_object, require_root, PinDir},
     };
@@ -211,7 +232,7 @@ mod tests {
                 .ready("10.244.1.3")
                 .build(),
         ];
-        let (state, _) = desired_state(&services, &slices, "node-a");
+        let (state, _) = desired_state(&services, &slices, &ThisNode::named("node-a"));
 
         let mut kernel = Syncer::new(AyaMaps::from_ebpf(&mut ebpf).expect("maps"));
         let mut memory = Syncer::new(MemoryMaps::default());

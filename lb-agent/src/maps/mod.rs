@@ -1,19 +1,23 @@
 //! Access to the datapath's maps, behind a trait so the syncer can be tested without a
 //! kernel.
 //!
-//! Reads return whole maps: the syncer diffs against what the maps actually hold, never
+//! Reads return whole maps: a full sync diffs against what the maps actually hold, never
 //! against a cache of what it believes it wrote, so a restarted agent, a failed write or a
-//! hand edit are all repaired by the next sync.
+//! hand edit are all repaired by the next full sync. Incremental syncs plan against the
+//! record the last full sync made ([`crate::programmed`]) and use point writes only.
 
 pub mod aya;
 #[cfg(test)]
 pub mod memory;
+pub mod stats;
 
 use std::collections::BTreeMap;
 
 use lb_common::{
-    Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey,
+    Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName,
 };
+
+use crate::plan::Write;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -57,6 +61,11 @@ pub trait DatapathMaps {
 
     fn config(&self) -> Result<Config, MapsError>;
     fn set_config(&mut self, config: &Config) -> Result<(), MapsError>;
+
+    /// Service id -> `namespace/name:port`, for `lbctl` (the datapath never reads it).
+    fn service_names(&self) -> Result<Vec<(u32, ServiceName)>, MapsError>;
+    fn put_service_name(&mut self, service_id: u32, name: &ServiceName) -> Result<(), MapsError>;
+    fn delete_service_name(&mut self, service_id: u32) -> Result<(), MapsError>;
 }
 
 /// The service maps' content at one moment.
@@ -74,5 +83,17 @@ impl MapState {
             slots: maps.slots()?.into_iter().collect(),
             backends: maps.backends()?.into_iter().collect(),
         })
+    }
+
+    /// Makes the same change `write` makes to the maps.
+    pub fn apply(&mut self, write: &Write) {
+        match *write {
+            Write::PutBackend(id, b) => drop(self.backends.insert(id, b)),
+            Write::PutSlot(k, id) => drop(self.slots.insert(k, id)),
+            Write::PutFrontend(k, f) => drop(self.frontends.insert(k, f)),
+            Write::DeleteFrontend(k) => drop(self.frontends.remove(&k)),
+            Write::DeleteSlot(k) => drop(self.slots.remove(&k)),
+            Write::DeleteBackend(id) => drop(self.backends.remove(&id)),
+        }
     }
 }

@@ -1,13 +1,19 @@
 use super::*;
-use crate::fixtures::{service, slice};
-use lb_common::backend::flags::{LOCAL, TERMINATING};
+use crate::{
+    fixtures::{service, slice},
+    node::ThisNode,
+};
+use lb_common::{
+    backend::flags::{LOCAL, TERMINATING},
+    frontend, proto,
+};
 
 const NODE: &str = "node-a";
 const TCP: u8 = proto::TCP;
 const UDP: u8 = proto::UDP;
 
 fn build(services: &[Service], slices: &[EndpointSlice]) -> (DesiredState, Vec<Skipped>) {
-    desired_state(services, slices, NODE)
+    desired_state(services, slices, &ThisNode::named(NODE))
 }
 
 fn key(ip: &str, port: u16, protocol: u8) -> FrontendKey {
@@ -575,4 +581,356 @@ fn empty_and_default_objects_do_not_panic() {
     assert_eq!(skipped.len(), 2);
     let (state, skipped) = build(&[], &[]);
     assert!(state.frontends.is_empty() && skipped.is_empty());
+}
+
+// ---- per-frontend flags: types, affinity, traffic policies, topology ----
+
+fn zoned(zone: &str) -> ThisNode {
+    ThisNode {
+        zone: Some(zone.into()),
+        ips: vec!["172.18.0.3".parse().expect("ip")],
+        ..ThisNode::named(NODE)
+    }
+}
+
+fn build_on(
+    node: &ThisNode,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> (DesiredState, Vec<Skipped>) {
+    desired_state(services, slices, node)
+}
+
+fn addrs(f: &DesiredFrontend) -> Vec<String> {
+    f.backends.iter().map(|b| b.ip().to_string()).collect()
+}
+
+#[test]
+fn client_ip_affinity_defaults_to_three_hours_and_takes_the_configured_timeout() {
+    let default = web().client_ip_affinity(None).build();
+    let (state, _) = build(&[default], &[]);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert_eq!(f.affinity_timeout_s, 10_800);
+
+    let custom = web().client_ip_affinity(Some(60)).build();
+    let (state, _) = build(&[custom], &[]);
+    assert_eq!(
+        state.frontends[&key("10.96.0.10", 80, TCP)].affinity_timeout_s,
+        60
+    );
+
+    let none = web().session_affinity("None").build();
+    let (state, _) = build(&[none], &[]);
+    assert_eq!(
+        state.frontends[&key("10.96.0.10", 80, TCP)].affinity_timeout_s,
+        0
+    );
+}
+
+#[test]
+fn invalid_affinity_settings_skip_the_service_with_a_reason() {
+    let too_long = web().client_ip_affinity(Some(86_401)).build();
+    let zero = service("shop", "b", "10.96.0.11")
+        .port("http", 80, "TCP")
+        .client_ip_affinity(Some(0))
+        .build();
+    let odd = service("shop", "c", "10.96.0.12")
+        .port("http", 80, "TCP")
+        .session_affinity("Cookie")
+        .build();
+    let (state, skipped) = build(&[too_long, zero, odd], &[]);
+    assert!(state.frontends.is_empty());
+    assert_eq!(
+        reasons(&skipped),
+        [
+            &SkipReason::BadAffinityTimeout(0),
+            &SkipReason::UnknownAffinity("Cookie".into()),
+            &SkipReason::BadAffinityTimeout(86_401),
+        ]
+    );
+    assert!(skipped.iter().all(|s| !s.reason.is_by_design()));
+}
+
+#[test]
+fn node_port_services_get_a_frontend_per_node_address_that_is_not_programmed() {
+    let svc = web().node_port(30080).type_("NodePort").build();
+    let (state, skipped) = build_on(&zoned("a"), &[svc], &[]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let np = &state.frontends[&key("172.18.0.3", 30080, TCP)];
+    assert_eq!(np.kind, FrontendKind::NodePort);
+    assert_eq!(np.flags, frontend::flags::NODE_PORT);
+    assert!(!np.is_programmed());
+    let cip = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert!(cip.is_programmed());
+    assert_eq!(state.programmed().len(), 1);
+}
+
+#[test]
+fn external_and_load_balancer_ips_get_frontends_and_proxy_mode_ingress_does_not() {
+    let svc = web()
+        .type_("LoadBalancer")
+        .external_ips(&["192.0.2.1", "fd00::1", "bogus"])
+        .load_balancer_ingress(&["198.51.100.7"], None)
+        .build();
+    let (state, skipped) = build(&[svc], &[]);
+    assert_eq!(
+        state.frontends[&key("192.0.2.1", 80, TCP)].kind,
+        FrontendKind::ExternalIp
+    );
+    assert_eq!(
+        state.frontends[&key("198.51.100.7", 80, TCP)].kind,
+        FrontendKind::LoadBalancer
+    );
+    assert_eq!(
+        reasons(&skipped),
+        [&SkipReason::BadAddress {
+            field: "spec.externalIPs",
+            value: "bogus".into()
+        }]
+    );
+    let proxied = web()
+        .type_("LoadBalancer")
+        .load_balancer_ingress(&["198.51.100.7"], Some("Proxy"))
+        .build();
+    let (state, _) = build(&[proxied], &[]);
+    assert_eq!(state.frontends.len(), 1, "only the ClusterIP: {state:?}");
+}
+
+fn mixed_slice() -> EndpointSlice {
+    slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .on_node(NODE)
+        .ready("10.244.2.2")
+        .on_node("node-b")
+        .build()
+}
+
+#[test]
+fn internal_traffic_policy_local_gives_the_cluster_ip_only_local_backends() {
+    let svc = web().internal_traffic_policy("Local").build();
+    let (state, _) = build(&[svc], &[mixed_slice()]);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert_eq!(addrs(f), ["10.244.1.2"]);
+    assert!(f.policy.internal_local && !f.policy.external_local);
+
+    // No local endpoint: no backend (the datapath drops, as kube-proxy does for ITP=Local).
+    let elsewhere = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.2.2")
+        .on_node("node-b")
+        .build();
+    let svc = web().internal_traffic_policy("Local").build();
+    let (state, _) = build(&[svc], &[elsewhere]);
+    assert!(state.frontends[&key("10.96.0.10", 80, TCP)]
+        .backends
+        .is_empty());
+}
+
+#[test]
+fn local_policy_falls_back_to_local_terminating_endpoints() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .terminating("10.244.1.2")
+        .on_node(NODE)
+        .ready("10.244.2.2")
+        .on_node("node-b")
+        .build();
+    let svc = web().internal_traffic_policy("Local").build();
+    let (state, _) = build(&[svc], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [("10.244.1.2:8080".into(), TERMINATING | LOCAL)]
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_splits_external_and_internal_scopes() {
+    let svc = web()
+        .type_("NodePort")
+        .node_port(30080)
+        .external_traffic_policy("Local")
+        .build();
+    let (state, _) = build_on(&zoned("a"), &[svc], &[mixed_slice()]);
+    let external = &state.frontends[&key("172.18.0.3", 30080, TCP)];
+    assert_eq!(addrs(external), ["10.244.1.2"]);
+    assert!(external.policy.external_local);
+    let internal_key = FrontendKey {
+        scope: frontend::scope::INTERNAL,
+        ..key("172.18.0.3", 30080, TCP)
+    };
+    assert_eq!(
+        addrs(&state.frontends[&internal_key]),
+        ["10.244.1.2", "10.244.2.2"]
+    );
+    // ETP does not touch the ClusterIP.
+    assert_eq!(
+        addrs(&state.frontends[&key("10.96.0.10", 80, TCP)]),
+        ["10.244.1.2", "10.244.2.2"]
+    );
+}
+
+fn hinted(hints: &[(&str, Option<&[&str]>)]) -> EndpointSlice {
+    let mut s = slice("shop", "web-1", "web").port("http", 8080, "TCP");
+    for (addr, zones) in hints {
+        s = s.ready(addr);
+        if let Some(z) = zones {
+            s = s.hints(z);
+        }
+    }
+    s.build()
+}
+
+#[test]
+fn topology_hints_narrow_cluster_backends_to_this_zone() {
+    let s = hinted(&[
+        ("10.244.1.2", Some(&["a"])),
+        ("10.244.2.2", Some(&["b"])),
+        ("10.244.3.2", Some(&["a", "b"])),
+    ]);
+    let (state, _) = build_on(&zoned("a"), &[web().build()], &[s]);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert_eq!(addrs(f), ["10.244.1.2", "10.244.3.2"]);
+    assert!(f.policy.topology_aware);
+}
+
+#[test]
+fn topology_hints_are_ignored_unless_all_ready_endpoints_have_them() {
+    let s = hinted(&[("10.244.1.2", Some(&["a"])), ("10.244.2.2", None)]);
+    let (state, _) = build_on(&zoned("a"), &[web().build()], &[s]);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert_eq!(addrs(f), ["10.244.1.2", "10.244.2.2"]);
+    assert!(!f.policy.topology_aware);
+}
+
+#[test]
+fn topology_hints_are_ignored_when_none_is_for_this_zone_or_the_zone_is_unknown() {
+    let s = hinted(&[("10.244.1.2", Some(&["b"])), ("10.244.2.2", Some(&["c"]))]);
+    let (state, _) = build_on(&zoned("a"), &[web().build()], std::slice::from_ref(&s));
+    assert_eq!(
+        addrs(&state.frontends[&key("10.96.0.10", 80, TCP)]),
+        ["10.244.1.2", "10.244.2.2"]
+    );
+    let (state, _) = build(&[web().build()], &[s]);
+    assert!(
+        !state.frontends[&key("10.96.0.10", 80, TCP)]
+            .policy
+            .topology_aware
+    );
+}
+
+#[test]
+fn unready_endpoints_without_hints_do_not_disable_topology() {
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .hints(&["a"])
+        .ready("10.244.2.2")
+        .hints(&["b"])
+        .not_ready("10.244.3.2")
+        .build();
+    let (state, _) = build_on(&zoned("a"), &[web().build()], &[s]);
+    assert_eq!(
+        addrs(&state.frontends[&key("10.96.0.10", 80, TCP)]),
+        ["10.244.1.2"]
+    );
+}
+
+#[test]
+fn publish_not_ready_is_carried_as_a_flag() {
+    let (state, _) = build(&[web().publish_not_ready().build()], &[]);
+    assert!(
+        state.frontends[&key("10.96.0.10", 80, TCP)]
+            .policy
+            .publish_not_ready
+    );
+}
+
+#[test]
+fn unknown_service_types_are_invalid_and_node_ports_are_checked() {
+    let odd = web().type_("Magic").build();
+    let bad_np = service("shop", "np", "10.96.0.11")
+        .port("http", 80, "TCP")
+        .node_port(70000)
+        .type_("NodePort")
+        .build();
+    let (state, skipped) = build(&[odd, bad_np], &[]);
+    assert!(state.frontends.is_empty());
+    assert_eq!(
+        reasons(&skipped),
+        [
+            &SkipReason::BadNodePort(70000),
+            &SkipReason::UnknownType("Magic".into())
+        ]
+    );
+}
+
+#[test]
+fn a_service_claiming_one_address_twice_keeps_its_first_port() {
+    let svc = web().port("again", 80, "TCP").build();
+    let (state, skipped) = build(&[svc], &[]);
+    assert_eq!(
+        state.frontends[&key("10.96.0.10", 80, TCP)].name,
+        "shop/web:http"
+    );
+    assert_eq!(
+        skipped.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ["Service shop/web port again: address already served for shop/web:http"]
+    );
+}
+
+#[test]
+fn the_trigger_time_annotation_is_read_and_a_bad_one_ignored() {
+    let good = slice("shop", "web-1", "web")
+        .annotation(slice::LAST_CHANGE_TRIGGER_TIME, "2024-05-01T10:00:00Z")
+        .build();
+    let parsed = parse_slice(&good, NODE);
+    assert_eq!(
+        parsed
+            .value
+            .and_then(|s| s.trigger_time)
+            .map(|t| t.to_string()),
+        Some("2024-05-01T10:00:00Z".into())
+    );
+    let bad = slice("shop", "web-1", "web")
+        .annotation(slice::LAST_CHANGE_TRIGGER_TIME, "yesterday")
+        .build();
+    assert_eq!(
+        parse_slice(&bad, NODE).value.and_then(|s| s.trigger_time),
+        None
+    );
+}
+
+#[test]
+fn a_skipped_object_with_a_name_still_reports_its_id() {
+    let mut svc = web().build();
+    svc.spec = None;
+    let parsed = parse_service(&svc);
+    assert_eq!(parsed.id, Some(ObjectId::new("shop", "web")));
+    assert!(parsed.value.is_none());
+    assert_eq!(parsed.skipped[0].kind, ObjectKind::Service);
+    assert_eq!(parsed.skipped[0].reason.label(), "missing_field");
+}
+
+#[test]
+fn the_index_hands_a_contested_address_to_the_next_claimant_when_the_owner_goes() {
+    let a = service("shop", "a", "10.96.0.10")
+        .port("http", 80, "TCP")
+        .build();
+    let b = service("shop", "b", "10.96.0.10")
+        .port("web", 80, "TCP")
+        .build();
+    let node = ThisNode::named(NODE);
+    let mut index = DesiredIndex::default();
+    for svc in [&b, &a] {
+        let info = parse_service(svc).value.expect("valid");
+        let (frontends, _) = service_frontends(&info, &[], &node);
+        index.set_service(&info.id, frontends);
+    }
+    let k = key("10.96.0.10", 80, TCP);
+    assert_eq!(index.get(&k).map(|f| f.name.as_str()), Some("shop/a:http"));
+    let changed = index.remove_service(&ObjectId::new("shop", "a"));
+    assert_eq!(changed, [k].into());
+    assert_eq!(index.get(&k).map(|f| f.name.as_str()), Some("shop/b:web"));
+    assert!(index.conflicts().is_empty());
 }

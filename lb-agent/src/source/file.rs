@@ -4,6 +4,10 @@
 //! and mtimes costs nothing, and it also sees changes that inotify reports awkwardly or not
 //! at all (files replaced by rename, ConfigMap volumes that swap a `..data` symlink, network
 //! filesystems).
+//!
+//! Each read is a complete snapshot; [`spawn_events`] sends it as a full resync of Services
+//! and EndpointSlices together. A file source has no Node: the node's addresses, pod CIDRs
+//! and zone come from the command line.
 
 use std::{
     ffi::OsString,
@@ -23,8 +27,50 @@ use serde_yaml::Value;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{Snapshot, SnapshotReceiver};
-use crate::error_chain::error_chain;
+use super::{Change, EventSender, SourceEvent, Update};
+
+use crate::{
+    error_chain::error_chain,
+    model::{parse_service, parse_slice},
+};
+
+/// Everything the directory held at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+}
+
+/// The receiving end of [`FileSource::spawn`]: `None` until the first complete read.
+pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Starts a file source over `dir` that sends each snapshot as a full resync of Services
+/// and EndpointSlices (`node_name` marks this node's endpoints). It stops when the
+/// receiving end of `events` is dropped.
+pub fn spawn_events(
+    dir: PathBuf,
+    node_name: String,
+    events: EventSender,
+) -> Result<tokio::task::JoinHandle<()>, FileSourceError> {
+    let mut snapshots = FileSource::new(dir)?.spawn()?;
+    Ok(tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+                continue;
+            };
+            let services = snapshot.services.iter().map(parse_service).collect();
+            let slices = snapshot
+                .endpoint_slices
+                .iter()
+                .map(|s| parse_slice(s, &node_name))
+                .collect();
+            let update = Update::snapshot(Change::Replace(services), Change::Replace(slices));
+            if events.send(SourceEvent::now(update)).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
 
 /// How often the directory is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);

@@ -1,45 +1,108 @@
-//! Where Services and EndpointSlices come from: full snapshots, whatever the source.
+//! Where Services, EndpointSlices and this node's Node come from, as a stream of updates.
 //!
-//! Every source publishes complete [`Snapshot`]s on a watch channel rather than deltas: the
-//! model is rebuilt from scratch each time, so a missed or coalesced update can never leave
-//! stale state behind, and a slow consumer only ever sees the latest snapshot. The channel
-//! holds `None` until the source has read everything once, so the agent never programs an
-//! empty state over the maps of a previous run just because it started before its source.
+//! Every source sends [`SourceEvent`]s down one channel: a [`Change::Replace`] carries the
+//! complete set of one kind of object (a relist, or a file snapshot) and is applied as a
+//! full resync; [`Change::Apply`] and [`Change::Delete`] carry single objects and are
+//! applied incrementally. Objects are parsed into the model's small form
+//! ([`crate::model::Parsed`]) by the source, as they arrive, so that neither a relist nor
+//! the store ever holds the API objects themselves.
 //!
-//! A Kubernetes source (a kube-rs watcher feeding reflector stores) fits the same shape: it
-//! publishes a snapshot of its stores after the initial list and after each change.
+//! The agent never programs anything before every kind has been replaced once, so a source
+//! that starts slowly cannot make the agent write an empty state over the maps of an
+//! earlier run. A source that loses its connection keeps quiet: nothing is flushed because
+//! the API is unreachable, and the next relist resyncs whatever changed meanwhile.
 
 pub mod file;
+pub mod kube;
 
-use std::{path::PathBuf, str::FromStr, sync::Arc};
+use std::{path::PathBuf, str::FromStr, time::Instant};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
-/// Everything a source knows at one moment.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+use crate::{
+    model::{ObjectId, Parsed, ServiceInfo, SliceInfo},
+    node::NodeInfo,
+};
+
+/// How many events may wait for the agent before a source waits in turn.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// A change to the store, and when the agent received it (programming latency is measured
+/// from there when the object carries no trigger time).
+#[derive(Debug)]
+pub struct SourceEvent {
+    pub received: Instant,
+    pub update: Update,
 }
 
-/// The receiving end of a source: `None` until the first complete read.
-pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
+impl SourceEvent {
+    pub fn now(update: Update) -> Self {
+        Self {
+            received: Instant::now(),
+            update,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Update {
+    Services(Change<ServiceInfo>),
+    Slices(Change<SliceInfo>),
+    /// This node's Node: at most one object (the source filters by name).
+    Node(Change<NodeInfo>),
+    /// Services and slices together (a file snapshot), so that no sync sees the new
+    /// Services with the old slices or the other way round.
+    Snapshot(Box<Snapshot>),
+}
+
+/// Both kinds of object at once.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub services: Change<ServiceInfo>,
+    pub slices: Change<SliceInfo>,
+}
+
+impl Update {
+    /// A [`Update::Snapshot`].
+    pub fn snapshot(services: Change<ServiceInfo>, slices: Change<SliceInfo>) -> Self {
+        Update::Snapshot(Box::new(Snapshot { services, slices }))
+    }
+}
+
+#[derive(Debug)]
+pub enum Change<T> {
+    /// Every object of the kind: what the store holds is replaced.
+    Replace(Vec<Parsed<T>>),
+    /// One object added or changed.
+    Apply(Parsed<T>),
+    /// One object gone.
+    Delete(ObjectId),
+}
+
+pub type EventSender = mpsc::Sender<SourceEvent>;
+pub type EventReceiver = mpsc::Receiver<SourceEvent>;
 
 /// Which source to read, as given to `--source`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
     /// `file:DIR`: every `*.yaml`/`*.yml` in DIR, reread when the directory changes.
     File(PathBuf),
+    /// `kube`: the Kubernetes API, from `--kubeconfig` or the usual places.
+    Kube,
+}
+
+impl SourceSpec {
+    /// True when the source also says what this node's Node holds.
+    pub fn has_nodes(&self) -> bool {
+        matches!(self, SourceSpec::Kube)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error("`--source file:` needs a directory, e.g. `file:/etc/lb/services`")]
     EmptyPath,
-    #[error(
-        "unsupported source {0:?}: expected `file:DIR` (a Kubernetes source is not available yet)"
-    )]
+    #[error("unsupported source {0:?}: expected `kube` or `file:DIR`")]
     Unsupported(String),
 }
 
@@ -50,6 +113,7 @@ impl FromStr for SourceSpec {
         match s.split_once(':') {
             Some(("file", "")) => Err(SpecError::EmptyPath),
             Some(("file", dir)) => Ok(SourceSpec::File(PathBuf::from(dir))),
+            None if s == "kube" => Ok(SourceSpec::Kube),
             _ => Err(SpecError::Unsupported(s.to_owned())),
         }
     }
@@ -59,6 +123,7 @@ impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SourceSpec::File(dir) => write!(f, "file:{}", dir.display()),
+            SourceSpec::Kube => f.write_str("kube"),
         }
     }
 }
@@ -67,14 +132,8 @@ impl std::fmt::Display for SourceSpec {
 pub enum SourceError {
     #[error(transparent)]
     File(#[from] file::FileSourceError),
-}
-
-/// Starts the source in the background and returns where its snapshots arrive. The source
-/// stops when the receiver is dropped.
-pub fn spawn(spec: &SourceSpec) -> Result<SnapshotReceiver, SourceError> {
-    match spec {
-        SourceSpec::File(dir) => Ok(file::FileSource::new(dir.clone())?.spawn()?),
-    }
+    #[error(transparent)]
+    Kube(#[from] kube::KubeSourceError),
 }
 
 #[cfg(test)]
@@ -95,10 +154,11 @@ mod tests {
     }
 
     #[test]
-    fn other_sources_are_rejected_with_the_value() {
+    fn kube_is_a_source_and_others_are_rejected_with_the_value() {
+        assert_eq!("kube".parse(), Ok(SourceSpec::Kube));
         assert_eq!(
-            "kube".parse::<SourceSpec>(),
-            Err(SpecError::Unsupported("kube".into()))
+            "kubernetes".parse::<SourceSpec>(),
+            Err(SpecError::Unsupported("kubernetes".into()))
         );
         assert_eq!(
             "/etc/lb".parse::<SourceSpec>(),
@@ -110,5 +170,8 @@ mod tests {
     #[test]
     fn spec_displays_as_it_is_written() {
         assert_eq!(SourceSpec::File("/x".into()).to_string(), "file:/x");
+        assert_eq!(SourceSpec::Kube.to_string(), "kube");
+        assert!(SourceSpec::Kube.has_nodes());
+        assert!(!SourceSpec::File("/x".into()).has_nodes());
     }
 }

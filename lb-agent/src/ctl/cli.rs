@@ -1,0 +1,315 @@
+//! `lbctl`'s command line and what each command does; the binary only prints the outcome.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use super::{
+    conntrack::{self, BackendSelector, FilterError, FlowFilter, ServiceSelector},
+    desired::{self, FetchError},
+    diff,
+    dump::{self, Section},
+    map_id::MapId,
+    monotonic_ns,
+    output::{json, Format},
+    pinned::{self, ConntrackMap, PinnedError},
+    services, stats,
+};
+use crate::privilege::{self, PrivilegeError};
+
+/// Exit status: success, and for `diff`, no differences.
+pub const EXIT_OK: u8 = 0;
+/// `diff` found differences.
+pub const EXIT_DIFFERENCES: u8 = 1;
+/// Any error (clap's usage errors exit 2 as well).
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Inspect the lb datapath from its pinned maps (works while the agent is down)",
+    after_help = "Exit status: 0 success; 1 `diff` found differences; 2 error."
+)]
+pub struct Args {
+    /// The agent's --pin-dir.
+    #[arg(long, default_value = "/sys/fs/bpf/lb", global = true)]
+    pub pin_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with the maps.
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+    /// Each service with its frontends and its backends' packets and bytes.
+    Services {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Tracked connections.
+    Conntrack {
+        #[command(subcommand)]
+        command: ConntrackCommand,
+    },
+    /// Packets by reason (translated, passed, dropped), summed over CPUs.
+    Stats {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Compare the agent's desired state with the maps; exit 1 if they differ.
+    Diff {
+        /// The agent's state endpoint.
+        #[arg(long, default_value = desired::DEFAULT_URL)]
+        agent: String,
+        /// Seconds to wait for the agent.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MapsCommand {
+    /// Every map decoded: services, frontends, slots, backends, conntrack, affinity,
+    /// counters, config.
+    Dump {
+        /// Only this map: its pinned name (LB_CT) or alias (conntrack, frontends, slots,
+        /// backends, backend-stats, affinity, services, counters, config).
+        #[arg(long)]
+        map: Option<MapId>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConntrackCommand {
+    /// List flows (forward and reply entries paired).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Delete both entries of every matching flow (all flows without filters).
+    Flush {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// Service name (namespace/name:port, or namespace/name for every port) or id.
+    #[arg(long)]
+    service: Option<ServiceSelector>,
+    /// Backend ADDRESS:PORT, ADDRESS or id.
+    #[arg(long)]
+    backend: Option<BackendSelector>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    #[error(transparent)]
+    Maps(#[from] PinnedError),
+    #[error("reading CLOCK_MONOTONIC failed")]
+    Clock(#[source] nix::Error),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("encoding JSON failed")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What to print and the exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub code: u8,
+}
+
+impl From<String> for Outcome {
+    fn from(stdout: String) -> Self {
+        Self {
+            stdout,
+            code: EXIT_OK,
+        }
+    }
+}
+
+/// Runs one command.
+pub fn run(args: Args) -> Result<Outcome, CtlError> {
+    // Every command reads pinned maps: say up front what is needed rather than fail on EPERM.
+    privilege::check_reader("lbctl")?;
+    let dir = args.pin_dir.as_path();
+    let now = || monotonic_ns().map_err(CtlError::Clock);
+    let outcome = match args.command {
+        Command::Maps {
+            command: MapsCommand::Dump { map, output },
+        } => {
+            let sections = match map {
+                Some(m) => vec![Section::of(m)],
+                None => Section::ALL.to_vec(),
+            };
+            let snapshot = pinned::read(dir, &dump::maps_for(&sections))?;
+            let now = now()?;
+            match output {
+                Format::Table => dump::tables(&snapshot, &sections, now),
+                Format::Json => json(&dump::dump(&snapshot, &sections, now))?,
+            }
+            .into()
+        }
+        Command::Services { output } => {
+            let snapshot = pinned::read(dir, &services::MAPS)?;
+            pinned::require(
+                &snapshot,
+                &[MapId::Frontends, MapId::Slots, MapId::Backends],
+            )?;
+            let view = services::view(&snapshot);
+            match output {
+                Format::Table => services::render(&view),
+                Format::Json => json(&view)?,
+            }
+            .into()
+        }
+        Command::Conntrack { command } => {
+            let (filter, output, flush) = match command {
+                ConntrackCommand::List { filter, output } => (filter, output, false),
+                ConntrackCommand::Flush { filter, output } => (filter, output, true),
+            };
+            let snapshot = pinned::read(dir, &[MapId::Conntrack, MapId::ServiceNames])?;
+            pinned::require(&snapshot, &[MapId::Conntrack])?;
+            let filter = FlowFilter::new(filter.service.as_ref(), filter.backend, &snapshot)?;
+            if flush {
+                let report = conntrack::flush(&snapshot, &filter, &mut ConntrackMap::open(dir)?)?;
+                match output {
+                    Format::Table => report.to_string(),
+                    Format::Json => json(&report)?,
+                }
+            } else {
+                let now = now()?;
+                match output {
+                    Format::Table => conntrack::list_table(&snapshot, &filter, now).to_string(),
+                    Format::Json => json(&conntrack::list(&snapshot, &filter, now))?,
+                }
+            }
+            .into()
+        }
+        Command::Stats { output } => {
+            let snapshot = pinned::read(dir, &[MapId::Counters])?;
+            pinned::require(&snapshot, &[MapId::Counters])?;
+            let s = stats::stats(&snapshot.counters);
+            match output {
+                Format::Table => stats::render(&s),
+                Format::Json => json(&s)?,
+            }
+            .into()
+        }
+        Command::Diff {
+            agent,
+            timeout,
+            output,
+        } => {
+            let snapshot = pinned::read(dir, &diff::MAPS)?;
+            pinned::require(&snapshot, &diff::REQUIRED)?;
+            let want = desired::fetch(&agent, Duration::from_secs(timeout))?;
+            let report = diff::diff(&want, &snapshot);
+            Outcome {
+                stdout: match output {
+                    Format::Table => diff::render(&report),
+                    Format::Json => json(&report)?,
+                },
+                code: if report.differences.is_empty() {
+                    EXIT_OK
+                } else {
+                    EXIT_DIFFERENCES
+                },
+            }
+        }
+    };
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn maps_are_selected_by_name_or_alias() {
+        let args = parse(&["maps", "dump", "--map", "LB_CT", "-o", "json"]).expect("parse");
+        assert!(matches!(
+            args.command,
+            Command::Maps {
+                command: MapsCommand::Dump {
+                    map: Some(MapId::Conntrack),
+                    output: Format::Json
+                }
+            }
+        ));
+        let e = parse(&["maps", "dump", "--map", "routes"]).unwrap_err();
+        assert!(e.to_string().contains("unknown map \"routes\""), "{e}");
+    }
+
+    #[test]
+    fn filters_parse_ids_names_and_endpoints() {
+        let args = parse(&[
+            "--pin-dir",
+            "/x",
+            "conntrack",
+            "flush",
+            "--service",
+            "default/echo",
+            "--backend",
+            "10.244.1.2:8080",
+        ])
+        .expect("parse");
+        let Command::Conntrack {
+            command: ConntrackCommand::Flush { filter, .. },
+        } = args.command
+        else {
+            panic!("not a flush: {args:?}");
+        };
+        assert_eq!(
+            filter.service,
+            Some(ServiceSelector::Name("default/echo".into()))
+        );
+        assert_eq!(
+            filter.backend,
+            Some(BackendSelector::Endpoint(
+                "10.244.1.2:8080".parse().expect("addr")
+            ))
+        );
+        assert!(parse(&["conntrack", "list", "--backend", "nope"]).is_err());
+    }
+
+    #[test]
+    fn diff_asks_the_local_agent_by_default() {
+        let args = parse(&["diff"]).expect("parse");
+        let Command::Diff { agent, timeout, .. } = args.command else {
+            panic!("not a diff");
+        };
+        assert_eq!(agent, "http://127.0.0.1:10249/state");
+        assert_eq!(timeout, 5);
+    }
+}

@@ -1,0 +1,144 @@
+//! The pinned maps `lbctl` reads, by pinned name and by friendly alias.
+
+use std::{fmt, str::FromStr};
+
+use lb_common::maps as names;
+
+/// One pinned map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MapId {
+    ServiceNames,
+    Frontends,
+    Slots,
+    Backends,
+    BackendStats,
+    Conntrack,
+    Affinity,
+    Counters,
+    Config,
+}
+
+impl MapId {
+    /// Every map, in the order `lbctl maps dump` shows them. Backends come before their
+    /// stats: the stats are read only for backends that exist.
+    pub const ALL: [MapId; 9] = [
+        MapId::ServiceNames,
+        MapId::Frontends,
+        MapId::Slots,
+        MapId::Backends,
+        MapId::BackendStats,
+        MapId::Conntrack,
+        MapId::Affinity,
+        MapId::Counters,
+        MapId::Config,
+    ];
+
+    /// The name the map is pinned under (`<pin-dir>/<name>`).
+    pub const fn pinned_name(self) -> &'static str {
+        match self {
+            MapId::ServiceNames => names::SERVICE_NAMES,
+            MapId::Frontends => names::FRONTENDS,
+            MapId::Slots => names::BACKEND_SLOTS,
+            MapId::Backends => names::BACKENDS,
+            MapId::BackendStats => names::BACKEND_STATS,
+            MapId::Conntrack => names::CONNTRACK,
+            MapId::Affinity => names::AFFINITY,
+            MapId::Counters => names::COUNTERS,
+            MapId::Config => names::CONFIG,
+        }
+    }
+
+    /// The friendly name `--map` accepts besides the pinned one; the first is canonical.
+    pub const fn aliases(self) -> &'static [&'static str] {
+        match self {
+            MapId::ServiceNames => &["services", "service-names", "names"],
+            MapId::Frontends => &["frontends"],
+            MapId::Slots => &["slots", "backend-slots"],
+            MapId::Backends => &["backends"],
+            MapId::BackendStats => &["backend-stats", "be-stats"],
+            MapId::Conntrack => &["conntrack", "ct"],
+            MapId::Affinity => &["affinity"],
+            MapId::Counters => &["counters"],
+            MapId::Config => &["config"],
+        }
+    }
+}
+
+impl fmt::Display for MapId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.pinned_name())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown map {given:?}; known maps: {known}")]
+pub struct UnknownMap {
+    given: String,
+    known: String,
+}
+
+impl FromStr for MapId {
+    type Err = UnknownMap;
+
+    /// A pinned name (`LB_CT`) or an alias (`conntrack`), in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MapId::ALL
+            .into_iter()
+            .find(|m| {
+                m.pinned_name().eq_ignore_ascii_case(s)
+                    || m.aliases().iter().any(|a| a.eq_ignore_ascii_case(s))
+            })
+            .ok_or_else(|| UnknownMap {
+                given: s.to_owned(),
+                known: MapId::ALL
+                    .iter()
+                    .map(|m| format!("{} ({})", m.aliases()[0], m.pinned_name()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_are_found_by_pinned_name_or_alias_in_any_case() {
+        assert_eq!("LB_CT".parse(), Ok(MapId::Conntrack));
+        assert_eq!("lb_ct".parse(), Ok(MapId::Conntrack));
+        assert_eq!("conntrack".parse(), Ok(MapId::Conntrack));
+        assert_eq!("Frontends".parse(), Ok(MapId::Frontends));
+        assert_eq!("LB_BE_STATS".parse(), Ok(MapId::BackendStats));
+        assert_eq!("services".parse(), Ok(MapId::ServiceNames));
+    }
+
+    #[test]
+    fn an_unknown_map_lists_the_known_ones() {
+        let e = "routes".parse::<MapId>().unwrap_err().to_string();
+        assert!(e.starts_with("unknown map \"routes\"; known maps: services (LB_SVC_NAMES)"));
+        assert!(e.contains("conntrack (LB_CT)"), "{e}");
+    }
+
+    #[test]
+    fn names_and_aliases_are_unique_and_fit_the_kernel_limit() {
+        let mut all: Vec<String> = MapId::ALL
+            .iter()
+            .flat_map(|m| {
+                std::iter::once(m.pinned_name())
+                    .chain(m.aliases().iter().copied())
+                    .map(str::to_ascii_lowercase)
+            })
+            .collect();
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count);
+        // Every map the agent pins, and only those.
+        let mut pinned: Vec<_> = MapId::ALL.iter().map(|m| m.pinned_name()).collect();
+        let mut agent = lb_common::maps::ALL.to_vec();
+        pinned.sort();
+        agent.sort();
+        assert_eq!(pinned, agent);
+    }
+}

@@ -1,0 +1,291 @@
+//! The agent's HTTP endpoints, as kube-proxy lays them out:
+//! - the metrics port (`--metrics-bind-address`, 10249): `/metrics`, `/state` (the
+//!   desired state, [`crate::report`]), and `/healthz` and `/livez` as on the health port;
+//! - the health port (`--healthz-bind-address`, 10256): `/healthz` and `/livez`
+//!   ([`crate::health`]).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
+    StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::debug;
+
+use crate::{health::Health, metrics::Metrics, pipeline::StateRequest};
+
+/// How long `/state` waits for the pipeline (busy with a large full sync, at worst).
+const STATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({flag})")]
+    Bind {
+        addr: SocketAddr,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr`; `flag` names the option that gave it, for the error message.
+pub async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, flag, source })
+}
+
+/// What one port serves.
+#[derive(Clone, Debug)]
+pub enum Routes {
+    /// The metrics port.
+    Metrics {
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        state: mpsc::Sender<StateRequest>,
+    },
+    /// The health port.
+    Health(Arc<Health>),
+}
+
+type Reply = Response<Full<Bytes>>;
+
+impl Routes {
+    /// The response to `method path`.
+    pub async fn respond(&self, method: &Method, path: &str) -> Reply {
+        if method != Method::GET && method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        }
+        let health = match self {
+            Routes::Metrics { health, .. } | Routes::Health(health) => health,
+        };
+        match (self, path) {
+            (_, "/healthz") => probe(health.healthz(SystemTime::now())),
+            (_, "/livez") => probe(health.livez(SystemTime::now())),
+            (Routes::Metrics { metrics, .. }, "/metrics") => match metrics.encode() {
+                Ok(body) => with_type(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+            },
+            (Routes::Metrics { state, .. }, "/state") => desired_state(state).await,
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+async fn desired_state(requests: &mpsc::Sender<StateRequest>) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n");
+    }
+    match tokio::time::timeout(STATE_TIMEOUT, rx).await {
+        Ok(Ok(state)) => match serde_json::to_vec(&state) {
+            Ok(body) => with_type(StatusCode::OK, "application/json", body),
+            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        },
+        Ok(Err(_)) => text(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n"),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is busy; retry\n",
+        ),
+    }
+}
+
+fn probe(p: crate::health::Probe) -> Reply {
+    let status = if p.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut r = with_type(status, "application/json", p.body);
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Reply {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Serves `routes` on `listener` until the task is dropped or aborted.
+pub fn spawn(listener: TcpListener, routes: Routes) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let routes = routes.clone();
+                    async move {
+                        let mut reply = routes.respond(req.method(), req.uri().path()).await;
+                        if req.method() == Method::HEAD {
+                            *reply.body_mut() = Full::new(Bytes::new());
+                        }
+                        Ok::<_, Infallible>(reply)
+                    }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn body(r: Reply) -> String {
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    fn metrics_routes() -> (Routes, Arc<Health>, mpsc::Receiver<StateRequest>) {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let (tx, rx) = mpsc::channel(1);
+        let routes = Routes::Metrics {
+            metrics: Metrics::new(None),
+            health: health.clone(),
+            state: tx,
+        };
+        (routes, health, rx)
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_until_synced_then_200() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let routes = Routes::Health(health.clone());
+        let r = routes.respond(&Method::GET, "/healthz").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        health.updated(SystemTime::now());
+        let r = routes.respond(&Method::GET, "/healthz").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let b = body(r).await;
+        assert!(b.starts_with("{\"lastUpdated\":"), "{b}");
+        assert_eq!(
+            routes.respond(&Method::GET, "/metrics").await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            routes.respond(&Method::POST, "/healthz").await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn the_metrics_port_serves_metrics_health_and_state() {
+        let (routes, _health, mut requests) = metrics_routes();
+        let r = routes.respond(&Method::GET, "/metrics").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = body(r).await;
+        assert!(
+            text.contains("# TYPE lb_sync_proxy_rules counter"),
+            "{text}"
+        );
+        assert_eq!(
+            routes.respond(&Method::GET, "/livez").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        let answer = tokio::spawn(async move {
+            let request = requests.recv().await.expect("a state request");
+            let _ = request.send(crate::report::State {
+                version: crate::report::STATE_VERSION,
+                node: crate::report::NodeReport::new(&crate::node::ThisNode::named("n")),
+                synced: true,
+                services: 0,
+                frontends: vec![],
+            });
+        });
+        let r = routes.respond(&Method::GET, "/state").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body(r).await).expect("json");
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["node"]["name"], "n");
+        answer.await.expect("answered");
+    }
+
+    #[tokio::test]
+    async fn state_without_a_pipeline_is_503() {
+        let (routes, _health, requests) = metrics_routes();
+        drop(requests);
+        assert_eq!(
+            routes.respond(&Method::GET, "/state").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_real_socket_gets_an_http_answer() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), "--test")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        health.updated(SystemTime::now());
+        let server = spawn(listener, Routes::Health(health));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.contains("\"nodeEligible\":true"), "{out}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn binding_a_used_port_names_the_flag() {
+        let first = bind("127.0.0.1:0".parse().expect("addr"), "--a")
+            .await
+            .expect("bind");
+        let addr = first.local_addr().expect("addr");
+        let err = bind(addr, "--healthz-bind-address")
+            .await
+            .expect_err("in use");
+        assert!(err.to_string().contains("--healthz-bind-address"), "{err}");
+    }
+}

@@ -1,0 +1,266 @@
+//! Control-plane programming in the lab, end to end: objects go into the lab's API server,
+//! agents watch them, and the clock stops when node `worker`'s pinned maps hold the result.
+//!
+//! - program N services × M endpoints from the API (first create to last frontend written);
+//! - agent restart: time to ready with the maps gone (full program from empty) and with the
+//!   maps in place (full resync that changes nothing); agent RSS after each;
+//! - single endpoint changes with N services loaded: a pod's readiness is flipped through
+//!   the API, and the time until the service's backend count changes in the map is taken
+//!   K times.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{maps, proto, Frontend, FrontendKey};
+use lb_lab::{
+    apiserver::{Client, Method},
+    testing::lab_lock,
+    AgentSource, Lab, UpOptions,
+};
+use serde_json::{json, Value};
+
+use super::stats::percentile;
+use crate::{
+    build::{run_build, BuildArgs},
+    run::say,
+};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Services to load.
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Single endpoint changes to time.
+    #[arg(long, default_value_t = 100)]
+    changes: usize,
+}
+
+/// The node whose maps are watched.
+const NODE: &str = "worker";
+const NS: &str = "default";
+
+pub fn run(args: &Args) -> Result<()> {
+    let artifacts = run_build(&BuildArgs { release: true })?;
+    let bins = artifacts.lab_binaries();
+    let _lock = lab_lock();
+    say("bringing up the lab with release binaries, agents on the kube source");
+    let lab = Lab::up(
+        &bins,
+        UpOptions {
+            agent_source: AgentSource::Kube,
+            ready_timeout: Duration::from_secs(60),
+            ..UpOptions::default()
+        },
+    )?
+    .down_on_drop();
+    let api = lab.apiserver_client();
+    let frontends_pin = lab.pin_dir(NODE).join(maps::FRONTENDS);
+
+    say(&format!(
+        "creating {} endpoint pods and {} services",
+        args.endpoints, args.services
+    ));
+    for i in 0..args.endpoints {
+        create_pod(&api, &format!("bench-{i}"), "bench", bench_pod_ip(i), true)?;
+    }
+    let probe_ip = Ipv4Addr::new(10, 244, 2, 250);
+    create_pod(&api, "bench-probe", "bench-probe", probe_ip, true)?;
+    let base = count_programmed(&frontends_pin, args.endpoints)?;
+    let started = Instant::now();
+    for i in 0..args.services {
+        create_service(&api, &format!("bench-{i}"), "bench")?;
+    }
+    let created = started.elapsed();
+    let probe_vip = create_service(&api, "bench-probe", "bench-probe")?;
+    wait_until(Duration::from_secs(600), || {
+        Ok(count_programmed(&frontends_pin, args.endpoints)? >= base + args.services)
+    })
+    .context("waiting for every service to be programmed")?;
+    let programmed = started.elapsed();
+    let rss_loaded = rss_mib(lab.agent_pid(NODE)?)?;
+
+    say("restarting the agent with its maps in place (a full resync that changes nothing)");
+    lab.kill_agent(NODE)?;
+    let t = Instant::now();
+    lab.start_agent(NODE, &[])?;
+    let resync = t.elapsed();
+
+    say("restarting the agent with its maps removed (a full program from empty)");
+    lab.kill_agent(NODE)?;
+    std::fs::remove_dir_all(lab.pin_dir(NODE)).context("removing the node's pins")?;
+    let t = Instant::now();
+    lab.start_agent(NODE, &[])?;
+    let from_empty = t.elapsed();
+    let rss_after_full = rss_mib(lab.agent_pid(NODE)?)?;
+
+    say(&format!("timing {} single endpoint changes", args.changes));
+    let probe_key = FrontendKey::new(probe_vip, 80, proto::TCP);
+    let mut latencies = Vec::with_capacity(args.changes);
+    for i in 0..args.changes {
+        let ready = i % 2 == 1;
+        let t = Instant::now();
+        set_pod_ready(&api, "bench-probe", ready)?;
+        wait_until(Duration::from_secs(10), || {
+            Ok(backend_count(&frontends_pin, &probe_key)? == u16::from(ready))
+        })
+        .with_context(|| format!("change {i} never reached the maps"))?;
+        latencies.push(t.elapsed());
+    }
+
+    let p = |q| percentile(&latencies, q).unwrap_or_default();
+    let report = json!({
+        "services": args.services,
+        "endpoints": args.endpoints,
+        "create_all_via_api_s": created.as_secs_f64(),
+        "program_all_from_api_s": programmed.as_secs_f64(),
+        "agent_restart_resync_to_ready_s": resync.as_secs_f64(),
+        "agent_restart_from_empty_to_ready_s": from_empty.as_secs_f64(),
+        "agent_rss_mib_loaded": rss_loaded,
+        "agent_rss_mib_after_full_program": rss_after_full,
+        "endpoint_change_ms": {
+            "samples": latencies.len(),
+            "p50": p(50.0).as_secs_f64() * 1e3,
+            "p99": p(99.0).as_secs_f64() * 1e3,
+            "max": p(100.0).as_secs_f64() * 1e3,
+        },
+    });
+    println!(
+        "\nprogramming, {} services x {} endpoints (release agent, node {NODE}):\n\
+         \x20 create all through the API          {:>9.2} s\n\
+         \x20 program all, API -> maps            {:>9.2} s\n\
+         \x20 agent restart, resync to ready      {:>9.2} s\n\
+         \x20 agent restart, from empty to ready  {:>9.2} s\n\
+         \x20 agent RSS loaded / after restart    {:>6.1} / {:.1} MiB\n\
+         \x20 endpoint change, API -> map: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes)",
+        args.services,
+        args.endpoints,
+        created.as_secs_f64(),
+        programmed.as_secs_f64(),
+        resync.as_secs_f64(),
+        from_empty.as_secs_f64(),
+        rss_loaded,
+        rss_after_full,
+        p(50.0).as_secs_f64() * 1e3,
+        p(99.0).as_secs_f64() * 1e3,
+        p(100.0).as_secs_f64() * 1e3,
+        latencies.len(),
+    );
+    let dir = artifacts.workspace.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!(
+        "programming-{}x{}.json",
+        args.services, args.endpoints
+    ));
+    std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+    say(&format!("wrote {}", file.display()));
+    print!("{}", lab.down()?);
+    Ok(())
+}
+
+/// Endpoint pods spread over the three nodes' pod CIDRs, above the lab's own pods.
+fn bench_pod_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, (i % 3) as u8, 100 + (i / 3) as u8)
+}
+
+fn create_pod(api: &Client, name: &str, label: &str, ip: Ipv4Addr, ready: bool) -> Result<()> {
+    let node = ["control-plane", "worker", "worker2"][usize::from(ip.octets()[2])];
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {label: "yes"}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none",
+            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    });
+    api.request(
+        Method::POST,
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        Some(&pod),
+    )
+    .with_context(|| format!("creating pod {name}"))?;
+    Ok(())
+}
+
+/// Creates a ClusterIP service selecting `label=yes`; its allocated address.
+fn create_service(api: &Client, name: &str, label: &str) -> Result<Ipv4Addr> {
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {label: "yes"},
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
+    });
+    let created = api
+        .request(
+            Method::POST,
+            &format!("/api/v1/namespaces/{NS}/services"),
+            Some(&svc),
+        )
+        .with_context(|| format!("creating service {name}"))?;
+    created["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("service {name} got no cluster IP"))
+}
+
+fn set_pod_ready(api: &Client, name: &str, ready: bool) -> Result<()> {
+    let path = format!("/api/v1/namespaces/{NS}/pods/{name}/status");
+    let mut pod: Value = api.get(&format!("/api/v1/namespaces/{NS}/pods/{name}"))?;
+    pod["status"]["conditions"] =
+        json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+    api.request(Method::PUT, &path, Some(&pod))
+        .with_context(|| format!("updating pod {name}"))?;
+    Ok(())
+}
+
+fn frontends(pin: &Path) -> Result<HashMap<MapData, FrontendKey, Frontend>> {
+    let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    Ok(HashMap::try_from(Map::HashMap(data))?)
+}
+
+/// Frontends whose service has exactly `endpoints` backends.
+fn count_programmed(pin: &Path, endpoints: usize) -> Result<usize> {
+    let map = frontends(pin)?;
+    Ok(map
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, fe)| usize::from(fe.backend_count) == endpoints)
+        .count())
+}
+
+fn backend_count(pin: &Path, key: &FrontendKey) -> Result<u16> {
+    Ok(frontends(pin)?
+        .get(key, 0)
+        .map(|fe| fe.backend_count)
+        .unwrap_or(u16::MAX))
+}
+
+/// Polls `done` until it holds; fails after `limit`.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("not done after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kib / 1024.0)
+}
