@@ -150,6 +150,27 @@ fn stat(pid: i32) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
+/// Whether any thread of `pid` has not exited yet.
+fn threads_running(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_string();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// Reaps `pid` if it is our exited child; a no-op for anything else.
 fn reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
@@ -159,7 +180,10 @@ fn reap(pid: i32) {
 pub fn is_alive(record: PidRecord) -> bool {
     match stat(record.pid) {
         Some(s) if record.start_time != 0 && s.start_time != record.start_time => false,
-        Some(s) if s.state == 'Z' || s.state == 'X' => {
+        // A killed multithreaded process shows its leader as a zombie while other threads
+        // are still exiting, holding its files (a listening socket, say): alive until the
+        // last thread is gone.
+        Some(s) if (s.state == 'Z' || s.state == 'X') && !threads_running(record.pid) => {
             reap(record.pid);
             false
         }
@@ -178,7 +202,6 @@ pub fn signal(record: PidRecord, signal: Signal) -> Result<()> {
         .with_context(|| format!("cannot send {signal} to pid {}", record.pid))
 }
 
-/// Waits up to `limit` for the process in `record` to exit; whether it did.
 /// Waits until every thread of `record` is stopped (state `T` after SIGSTOP); whether it
 /// happened within `limit`.
 pub fn wait_stopped(record: PidRecord, limit: Duration) -> bool {
@@ -204,6 +227,7 @@ pub fn wait_stopped(record: PidRecord, limit: Duration) -> bool {
     false
 }
 
+/// Waits up to `limit` for the process in `record` to exit; whether it did.
 pub fn wait_dead(record: PidRecord, limit: Duration) -> bool {
     wait_all_dead(&[record], limit)
 }

@@ -20,8 +20,8 @@ pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-t
 pub enum Trigger {
     /// One Service (created, changed or deleted).
     Service { namespace: String, name: String },
-    /// A pod in this namespace.
-    Namespace(String),
+    /// A pod: the Services that select it or whose slices list it.
+    Pod { namespace: String, name: String },
     /// A node (zones): every Service.
     All,
 }
@@ -34,7 +34,10 @@ impl Trigger {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
             }),
-            Resource::Pods => Some(Trigger::Namespace(key.namespace.clone())),
+            Resource::Pods => Some(Trigger::Pod {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            }),
             Resource::Nodes => Some(Trigger::All),
             Resource::EndpointSlices => None,
         }
@@ -46,7 +49,7 @@ impl Trigger {
 pub fn reconcile(store: &mut Store, trigger: &Trigger, now: Timestamp) {
     let services: Vec<(String, String)> = match trigger {
         Trigger::Service { namespace, name } => vec![(namespace.clone(), name.clone())],
-        Trigger::Namespace(ns) => names(store.list(Resource::Services, Some(ns))),
+        Trigger::Pod { namespace, name } => pod_services(store, namespace, name),
         Trigger::All => names(store.list(Resource::Services, None)),
     };
     if services.is_empty() {
@@ -54,13 +57,61 @@ pub fn reconcile(store: &mut Store, trigger: &Trigger, now: Timestamp) {
     }
     let zones = node_zones(store);
     let mut pods_by_ns: BTreeMap<String, Vec<PodFacts>> = BTreeMap::new();
+    // Indexed once: looking each service's slices up by scanning the namespace would make a
+    // pod change cost services x slices.
+    let mut slices_by_ns: BTreeMap<String, BTreeMap<String, Vec<Arc<Value>>>> = BTreeMap::new();
     for (namespace, name) in services {
         let pods = pods_by_ns
             .entry(namespace.clone())
-            .or_insert_with(|| pod_facts(store, &namespace, &zones));
-        let pods = pods.clone();
-        reconcile_service(store, &namespace, &name, &pods, now);
+            .or_insert_with(|| pod_facts(store, &namespace, &zones))
+            .clone();
+        let existing = slices_by_ns
+            .entry(namespace.clone())
+            .or_insert_with(|| managed_slices_by_service(store, &namespace))
+            .remove(&name)
+            .unwrap_or_default();
+        reconcile_service(store, &namespace, &name, &pods, existing, now);
     }
+}
+
+/// The Services a change to pod `pod` can concern: those whose selector matches it now, and
+/// those whose slices list it (it may have left their selector, or been deleted). Looking at
+/// these alone, as the real controller does, keeps a pod change from costing a pass over
+/// every Service of the namespace.
+fn pod_services(store: &Store, namespace: &str, pod: &str) -> Vec<(String, String)> {
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(p) = store.get(&ObjectKey::new(Resource::Pods, namespace, pod)) {
+        let pod_labels = labels(p);
+        for svc in store.list(Resource::Services, Some(namespace)) {
+            let Some(selector) = svc["spec"]["selector"].as_object() else {
+                continue;
+            };
+            let selects = !selector.is_empty()
+                && selector.iter().all(|(k, v)| {
+                    v.as_str().is_some() && pod_labels.get(k.as_str()).copied() == v.as_str()
+                });
+            if let (true, Some(name)) = (selects, meta_str(&svc, "name")) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    for slice in store.list(Resource::EndpointSlices, Some(namespace)) {
+        let l = labels(&slice);
+        if l.get(MANAGED_BY_LABEL) != Some(&MANAGED_BY) {
+            continue;
+        }
+        let lists_pod = slice["endpoints"].as_array().is_some_and(|eps| {
+            eps.iter()
+                .any(|e| e["targetRef"]["name"].as_str() == Some(pod))
+        });
+        if let (true, Some(service)) = (lists_pod, l.get(SERVICE_NAME_LABEL)) {
+            names.insert(service.to_string());
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| (namespace.to_string(), name))
+        .collect()
 }
 
 fn names(objects: Vec<Arc<Value>>) -> Vec<(String, String)> {
@@ -105,16 +156,28 @@ fn pod_facts(store: &Store, namespace: &str, zones: &BTreeMap<String, String>) -
         .collect()
 }
 
+/// The slices this controller manages in `namespace`, by the name of their Service.
+fn managed_slices_by_service(store: &Store, namespace: &str) -> BTreeMap<String, Vec<Arc<Value>>> {
+    let mut by_service: BTreeMap<String, Vec<Arc<Value>>> = BTreeMap::new();
+    for slice in store.list(Resource::EndpointSlices, Some(namespace)) {
+        let l = labels(&slice);
+        if l.get(MANAGED_BY_LABEL) != Some(&MANAGED_BY) {
+            continue;
+        }
+        if let Some(service) = l.get(SERVICE_NAME_LABEL) {
+            let service = service.to_string();
+            by_service.entry(service).or_default().push(slice);
+        }
+    }
+    by_service
+}
+
 /// The slices this controller manages for Service `namespace/name`.
+#[cfg(test)]
 fn managed_slices(store: &Store, namespace: &str, name: &str) -> Vec<Arc<Value>> {
-    store
-        .list(Resource::EndpointSlices, Some(namespace))
-        .into_iter()
-        .filter(|s| {
-            let l = labels(s);
-            l.get(SERVICE_NAME_LABEL) == Some(&name) && l.get(MANAGED_BY_LABEL) == Some(&MANAGED_BY)
-        })
-        .collect()
+    managed_slices_by_service(store, namespace)
+        .remove(name)
+        .unwrap_or_default()
 }
 
 fn reconcile_service(
@@ -122,6 +185,7 @@ fn reconcile_service(
     namespace: &str,
     name: &str,
     pods: &[PodFacts],
+    existing: Vec<Arc<Value>>,
     now: Timestamp,
 ) {
     let key = ObjectKey::new(Resource::Services, namespace, name);
@@ -134,7 +198,7 @@ fn reconcile_service(
             Err(_) => return,
         },
     };
-    let mut existing: BTreeMap<String, Arc<Value>> = managed_slices(store, namespace, name)
+    let mut existing: BTreeMap<String, Arc<Value>> = existing
         .into_iter()
         .filter_map(|s| Some((meta_str(&s, "name")?.to_string(), s)))
         .collect();
@@ -296,6 +360,41 @@ mod tests {
         );
         // The pod status write and the slice update: two events, nothing else.
         assert_eq!(store.resource_version(), rv + 2);
+    }
+
+    #[test]
+    fn a_pod_change_concerns_the_services_selecting_or_listing_it_only() {
+        let mut store = seeded();
+        add_service(&mut store, ECHO, Timestamp::UNIX_EPOCH);
+        let clients = "{apiVersion: v1, kind: Service, metadata: {name: clients}, spec: {selector: {app: client}, ports: [{name: http, port: 80, targetPort: 8080}]}}";
+        add_service(&mut store, clients, Timestamp::UNIX_EPOCH);
+        let names = |store: &Store| -> Vec<String> {
+            pod_services(store, "default", "worker-echo-1")
+                .into_iter()
+                .map(|(_, n)| n)
+                .collect()
+        };
+        assert_eq!(names(&store), ["echo"]);
+
+        // Relabelled out of echo's selector and into clients': echo still lists it (and must
+        // drop it), clients now selects it.
+        let key = ObjectKey::new(Resource::Pods, "default", "worker-echo-1");
+        let mut pod = (**store.get(&key).unwrap()).clone();
+        pod["metadata"]["labels"]["app"] = json!("client");
+        store.put(key.clone(), pod);
+        assert_eq!(names(&store), ["clients", "echo"]);
+
+        // Once reconciled, echo no longer lists it.
+        reconcile(
+            &mut store,
+            &Trigger::Pod {
+                namespace: "default".into(),
+                name: "worker-echo-1".into(),
+            },
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(names(&store), ["clients"]);
+        assert_eq!(ready_addresses(&slices_of(&store, "echo")[0]).len(), 5);
     }
 
     #[test]

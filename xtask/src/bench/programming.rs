@@ -103,7 +103,11 @@ pub fn run(args: &Args) -> Result<()> {
 
     say(&format!("timing {} single endpoint changes", args.changes));
     let probe_key = FrontendKey::new(probe_vip, 80, proto::TCP);
+    // Programming latency as kube-proxy defines it: from the EndpointSlice's trigger time
+    // (stamped by the API server when it commits the change) to the map holding it. The
+    // end-to-end figure adds the lab API server's own handling of the update.
     let mut latencies = Vec::with_capacity(args.changes);
+    let mut end_to_end = Vec::with_capacity(args.changes);
     for i in 0..args.changes {
         let ready = i % 2 == 1;
         let t = Instant::now();
@@ -112,9 +116,20 @@ pub fn run(args: &Args) -> Result<()> {
             Ok(backend_count(&frontends_pin, &probe_key)? == u16::from(ready))
         })
         .with_context(|| format!("change {i} never reached the maps"))?;
-        latencies.push(t.elapsed());
+        let seen = jiff::Timestamp::now();
+        end_to_end.push(t.elapsed());
+        let trigger = trigger_time(&api, "bench-probe")?;
+        let latency = seen.duration_since(trigger);
+        latencies.push(Duration::try_from(latency).unwrap_or_default());
     }
 
+    let metrics = agent_metrics(NODE)?;
+    let incremental_sync_ms = histogram_mean(
+        &metrics,
+        "lb_sync_proxy_rules_duration_seconds",
+        "mode=\"incremental\"",
+    )
+    .map(|s| s * 1e3);
     let p = |q| percentile(&latencies, q).unwrap_or_default();
     let report = json!({
         "services": args.services,
@@ -123,6 +138,7 @@ pub fn run(args: &Args) -> Result<()> {
         "program_all_from_api_s": programmed.as_secs_f64(),
         "agent_restart_resync_to_ready_s": resync.as_secs_f64(),
         "agent_restart_from_empty_to_ready_s": from_empty.as_secs_f64(),
+        "agent_incremental_sync_mean_ms": incremental_sync_ms,
         "agent_rss_mib_loaded": rss_loaded,
         "agent_rss_mib_after_full_program": rss_after_full,
         "endpoint_change_ms": {
@@ -130,6 +146,8 @@ pub fn run(args: &Args) -> Result<()> {
             "p50": p(50.0).as_secs_f64() * 1e3,
             "p99": p(99.0).as_secs_f64() * 1e3,
             "max": p(100.0).as_secs_f64() * 1e3,
+            "end_to_end_p50": percentile(&end_to_end, 50.0).unwrap_or_default().as_secs_f64() * 1e3,
+            "end_to_end_p99": percentile(&end_to_end, 99.0).unwrap_or_default().as_secs_f64() * 1e3,
         },
     });
     println!(
@@ -139,7 +157,9 @@ pub fn run(args: &Args) -> Result<()> {
          \x20 agent restart, resync to ready      {:>9.2} s\n\
          \x20 agent restart, from empty to ready  {:>9.2} s\n\
          \x20 agent RSS loaded / after restart    {:>6.1} / {:.1} MiB\n\
-         \x20 endpoint change, API -> map: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes)",
+         \x20 endpoint change, trigger time -> map: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes)\n\
+         \x20 endpoint change, API request -> map:  p50 {:.2} ms, p99 {:.2} ms\n\
+         \x20 agent's own incremental sync (mean, from its metrics): {}",
         args.services,
         args.endpoints,
         created.as_secs_f64(),
@@ -152,6 +172,9 @@ pub fn run(args: &Args) -> Result<()> {
         p(99.0).as_secs_f64() * 1e3,
         p(100.0).as_secs_f64() * 1e3,
         latencies.len(),
+        percentile(&end_to_end, 50.0).unwrap_or_default().as_secs_f64() * 1e3,
+        percentile(&end_to_end, 99.0).unwrap_or_default().as_secs_f64() * 1e3,
+        incremental_sync_ms.map_or("not reported".to_string(), |ms| format!("{ms:.3} ms")),
     );
     let dir = artifacts.workspace.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -220,6 +243,20 @@ fn set_pod_ready(api: &Client, name: &str, ready: bool) -> Result<()> {
     Ok(())
 }
 
+/// When the API server committed the latest change to service `name`'s endpoints.
+fn trigger_time(api: &Client, name: &str) -> Result<jiff::Timestamp> {
+    let slices = api.get(&format!(
+        "/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices?labelSelector=kubernetes.io/service-name%3D{name}"
+    ))?;
+    let stamp = slices["items"][0]["metadata"]["annotations"]
+        ["endpoints.kubernetes.io/last-change-trigger-time"]
+        .as_str()
+        .with_context(|| format!("no trigger time on the slice of {name}"))?;
+    stamp
+        .parse()
+        .with_context(|| format!("bad trigger time {stamp:?}"))
+}
+
 fn frontends(pin: &Path) -> Result<HashMap<MapData, FrontendKey, Frontend>> {
     let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
     Ok(HashMap::try_from(Map::HashMap(data))?)
@@ -252,6 +289,37 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok(())
+}
+
+/// The agent's Prometheus metrics, fetched from inside its node's namespace.
+fn agent_metrics(node: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let ns = format!("lbk-{node}");
+    let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 10249));
+    let stream = lb_lab::netns::run_in(&ns, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })??;
+    let mut stream = stream;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// `sum / count` of histogram `name` for the series whose labels contain `label`.
+fn histogram_mean(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    let value = |suffix: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix}")) && l.contains(label))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (sum, count) = (value("sum")?, value("count")?);
+    (count > 0.0).then(|| sum / count)
 }
 
 fn rss_mib(pid: u32) -> Result<f64> {
