@@ -57,19 +57,12 @@ pub fn reconcile(store: &mut Store, trigger: &Trigger, now: Timestamp) {
     }
     let zones = node_zones(store);
     let mut pods_by_ns: BTreeMap<String, Vec<PodFacts>> = BTreeMap::new();
-    // Indexed once: looking each service's slices up by scanning the namespace would make a
-    // pod change cost services x slices.
-    let mut slices_by_ns: BTreeMap<String, BTreeMap<String, Vec<Arc<Value>>>> = BTreeMap::new();
     for (namespace, name) in services {
         let pods = pods_by_ns
             .entry(namespace.clone())
             .or_insert_with(|| pod_facts(store, &namespace, &zones))
             .clone();
-        let existing = slices_by_ns
-            .entry(namespace.clone())
-            .or_insert_with(|| managed_slices_by_service(store, &namespace))
-            .remove(&name)
-            .unwrap_or_default();
+        let existing = managed_slices(store, &namespace, &name);
         reconcile_service(store, &namespace, &name, &pods, existing, now);
     }
 }
@@ -156,28 +149,18 @@ fn pod_facts(store: &Store, namespace: &str, zones: &BTreeMap<String, String>) -
         .collect()
 }
 
-/// The slices this controller manages in `namespace`, by the name of their Service.
-fn managed_slices_by_service(store: &Store, namespace: &str) -> BTreeMap<String, Vec<Arc<Value>>> {
-    let mut by_service: BTreeMap<String, Vec<Arc<Value>>> = BTreeMap::new();
-    for slice in store.list(Resource::EndpointSlices, Some(namespace)) {
-        let l = labels(&slice);
-        if l.get(MANAGED_BY_LABEL) != Some(&MANAGED_BY) {
-            continue;
-        }
-        if let Some(service) = l.get(SERVICE_NAME_LABEL) {
-            let service = service.to_string();
-            by_service.entry(service).or_default().push(slice);
-        }
-    }
-    by_service
-}
-
-/// The slices this controller manages for Service `namespace/name`.
-#[cfg(test)]
+/// The slices this controller manages for Service `namespace/name`. Their names start with
+/// the Service's name (as generateName makes them), so this is a range of the store rather
+/// than a scan of every slice: creating N services stays linear.
 fn managed_slices(store: &Store, namespace: &str, name: &str) -> Vec<Arc<Value>> {
-    managed_slices_by_service(store, namespace)
-        .remove(name)
-        .unwrap_or_default()
+    store
+        .list_prefix(Resource::EndpointSlices, namespace, &format!("{name}-"))
+        .into_iter()
+        .filter(|s| {
+            let l = labels(s);
+            l.get(SERVICE_NAME_LABEL) == Some(&name) && l.get(MANAGED_BY_LABEL) == Some(&MANAGED_BY)
+        })
+        .collect()
 }
 
 fn reconcile_service(

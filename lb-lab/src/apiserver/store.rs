@@ -150,6 +150,28 @@ impl Store {
             .collect()
     }
 
+    /// Objects of `resource` in `namespace` whose name starts with `prefix`: a range of the
+    /// ordered store, not a scan.
+    pub fn list_prefix(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        prefix: &str,
+    ) -> Vec<Arc<Value>> {
+        let start = ObjectKey {
+            resource,
+            namespace: namespace.to_string(),
+            name: prefix.to_string(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(|(k, _)| {
+                k.resource == resource && k.namespace == namespace && k.name.starts_with(prefix)
+            })
+            .map(|(_, v)| Arc::clone(v))
+            .collect()
+    }
+
     /// Every object with its key (for snapshots).
     pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<Value>)> {
         self.objects.iter()

@@ -1,0 +1,159 @@
+//! What an operator sees, in the lab with agents on the kube source: bad objects from the API
+//! are skipped and counted while everything else keeps being served, /healthz answers as
+//! kube-proxy's does, and `lbctl` reads the same state the agent wants (`lbctl diff` finds no
+//! difference against the real agent).
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use lb_lab::{
+    apiserver::Method,
+    netns,
+    testing::{lab_lock, root_or_skip},
+    AgentSource, Binaries, Lab, UpOptions,
+};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn service(name: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  clusterIP: {ip}
+  selector: {{app: echo, node: worker2}}
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
+"
+    )
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > DEADLINE => panic!("{what}: still failing: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn reachable(lab: &Lab, ip: Ipv4Addr) -> Result<(), String> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(ip, 80));
+    lab.probe_tcp("lbk-worker-client", addr, "/hostname")
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// `GET path` on the agent of node worker, from inside its namespace: (status line, body).
+fn agent_get(port: u16, path: &str) -> (String, String) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = netns::run_in("lbk-worker", || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })
+    .expect("enter lbk-worker")
+    .expect("connect to the agent");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn bad_objects_are_skipped_and_counted_and_lbctl_agrees_with_the_agent() {
+    if !root_or_skip("operations lab test") {
+        return;
+    }
+    let _lock = lab_lock();
+    let bins = Binaries::beside(Path::new(env!("CARGO_BIN_EXE_lb-lab")));
+    let lab = Lab::up(
+        &bins,
+        UpOptions {
+            agent_source: AgentSource::Kube,
+            ..UpOptions::default()
+        },
+    )
+    .expect("bringing the lab up")
+    .down_on_drop();
+
+    let good = Ipv4Addr::new(10, 96, 3, 1);
+    lab.apply_yaml("ops-good", &service("ops-good", good))
+        .unwrap();
+    eventually("the first good service", || reachable(&lab, good));
+
+    // Stored as given, past the API server's validation, as a buggy controller could.
+    let bad = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "bad-ip", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.999.1", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "bad-port", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.3.9", "ports": [{"name": "http", "port": 70000, "protocol": "TCP"}]}},
+    ]});
+    lab.apiserver_client()
+        .request(Method::PUT, "/lab/objects", Some(&bad))
+        .expect("storing bad objects");
+    let after = Ipv4Addr::new(10, 96, 3, 2);
+    lab.apply_yaml("ops-after", &service("ops-after", after))
+        .unwrap();
+    eventually("a good service applied after the bad ones", || {
+        reachable(&lab, after)
+    });
+    reachable(&lab, good).expect("the first service still served");
+
+    let invalid: f64 = agent_get(10249, "/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("lb_invalid_objects_total{") && l.contains("kind=\"Service\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(invalid >= 2.0, "bad services counted {invalid} times");
+
+    let (status, body) = agent_get(10256, "/healthz");
+    assert!(status.contains("200"), "healthz: {status} {body}");
+    assert!(body.contains("lastUpdated"), "healthz body: {body}");
+
+    let lbctl = |args: &[&str]| {
+        let pin = lab.pin_dir("worker");
+        let mut argv = vec![
+            bins.lbctl.display().to_string(),
+            "--pin-dir".into(),
+            pin.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        lab.exec("lbk-worker", &argv).expect("running lbctl")
+    };
+    let diff = lbctl(&["diff"]);
+    let out = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        diff.status.success(),
+        "lbctl diff found differences:\n{out}{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(out.contains("no differences"), "{out}");
+
+    let services = lbctl(&["services"]);
+    let out = String::from_utf8_lossy(&services.stdout);
+    assert!(out.contains("default/ops-good:http"), "{out}");
+    assert!(
+        !out.contains("bad-ip") && !out.contains("bad-port"),
+        "{out}"
+    );
+}
