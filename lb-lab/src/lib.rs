@@ -23,6 +23,7 @@ pub mod plan;
 pub mod pod_state;
 pub mod probe;
 pub mod process;
+pub mod scenarios;
 pub mod slices;
 pub mod state;
 pub mod status;

@@ -7,16 +7,14 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use lb_lab::{
     probe::{ProbeError, ProbeRequest},
-    testing::{lab_lock, root_or_skip},
+    scenarios::{Failed, Scenario},
     Binaries, Lab, UpOptions,
 };
-use libtest_mimic::{Arguments, Failed, Trial};
 
 /// How long an agent may take to program a change.
 const SYNC_DEADLINE: Duration = Duration::from_secs(15);
@@ -213,8 +211,6 @@ fn deleting_the_service_stops_translation(lab: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
-type Scenario = fn(&Lab) -> Result<(), Failed>;
-
 const SCENARIOS: [(&str, Scenario); 6] = [
     (
         "clusterip_from_a_same_node_pod",
@@ -243,51 +239,21 @@ const SCENARIOS: [(&str, Scenario); 6] = [
 ];
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // One lab, one set of namespaces: scenarios run one at a time.
-    args.test_threads = Some(1);
-    if !root_or_skip("ClusterIP lab tests") {
-        let trials = SCENARIOS
-            .iter()
-            .map(|(name, _)| Trial::test(*name, || Ok(())).with_ignored_flag(true))
-            .collect();
-        libtest_mimic::run(&args, trials).exit();
-    }
-    let listing = args.list;
-    let lab = if listing {
-        None
-    } else {
-        let _lock = lab_lock();
-        let bins = Binaries::beside(Path::new(env!("CARGO_BIN_EXE_lb-lab")));
-        let lab = Lab::up(&bins, UpOptions::default()).expect("bringing the lab up");
-        for (name, ip, selector) in [
-            ("svc-node", NODE_SVC, "app: echo, node: worker"),
-            ("svc-all", ALL_SVC, "app: echo"),
-            ("svc-shrink", SHRINK_SVC, "app: echo, node: worker2"),
-            ("svc-delete", DELETE_SVC, "app: echo, node: control-plane"),
-        ] {
-            lab.apply_yaml(name, &service(name, &ip.to_string(), selector))
-                .expect("applying a service");
-        }
-        Some((Arc::new(lab.down_on_drop()), _lock))
-    };
-    let trials = SCENARIOS
-        .iter()
-        .map(|&(name, scenario)| {
-            let lab = lab.as_ref().map(|(l, _)| Arc::clone(l));
-            Trial::test(name, move || scenario(lab.as_ref().expect("lab is up")))
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if let Some((lab, lock)) = lab {
-        match Arc::try_unwrap(lab) {
-            Ok(lab) => match lab.down() {
-                Ok(t) => print!("{t}"),
-                Err(e) => eprintln!("tearing the lab down: {e:#}"),
-            },
-            Err(_) => eprintln!("lab still referenced; it is torn down on drop"),
-        }
-        drop(lock);
-    }
-    conclusion.exit();
+    lb_lab::scenarios::run(
+        "ClusterIP lab tests",
+        Binaries::beside(Path::new(env!("CARGO_BIN_EXE_lb-lab"))),
+        UpOptions::default(),
+        |lab| {
+            for (name, ip, selector) in [
+                ("svc-node", NODE_SVC, "app: echo, node: worker"),
+                ("svc-all", ALL_SVC, "app: echo"),
+                ("svc-shrink", SHRINK_SVC, "app: echo, node: worker2"),
+                ("svc-delete", DELETE_SVC, "app: echo, node: control-plane"),
+            ] {
+                lab.apply_yaml(name, &service(name, &ip.to_string(), selector))
+                    .expect("applying a service");
+            }
+        },
+        &SCENARIOS,
+    )
 }

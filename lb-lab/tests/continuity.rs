@@ -5,16 +5,14 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use lb_lab::{
     flow::{Flow, FlowReport},
-    testing::{lab_lock, root_or_skip},
+    scenarios::{Failed, Scenario},
     AgentSource, Binaries, Lab, UpOptions,
 };
-use libtest_mimic::{Arguments, Failed, Trial};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 /// One exchange per flow every 20 ms: a gap of a few packets would show as a failure.
@@ -192,8 +190,6 @@ fn api_server_outage_keeps_serving_and_resyncs_after(lab: &Lab) -> Result<(), Fa
     finish(flows)
 }
 
-type Scenario = fn(&Lab) -> Result<(), Failed>;
-
 const SCENARIOS: [(&str, Scenario); 3] = [
     (
         "agent_kill_9_and_restart_lose_nothing",
@@ -210,43 +206,14 @@ const SCENARIOS: [(&str, Scenario); 3] = [
 ];
 
 fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    if !root_or_skip("continuity lab tests") {
-        let trials = SCENARIOS
-            .iter()
-            .map(|(name, _)| Trial::test(*name, || Ok(())).with_ignored_flag(true))
-            .collect();
-        libtest_mimic::run(&args, trials).exit();
-    }
-    let lab = if args.list {
-        None
-    } else {
-        let lock = lab_lock();
-        let bins = Binaries::beside(Path::new(env!("CARGO_BIN_EXE_lb-lab")));
-        let opts = UpOptions {
+    lb_lab::scenarios::run(
+        "continuity lab tests",
+        Binaries::beside(Path::new(env!("CARGO_BIN_EXE_lb-lab"))),
+        UpOptions {
             agent_source: AgentSource::Kube,
             ..UpOptions::default()
-        };
-        let lab = Lab::up(&bins, opts).expect("bringing the lab up");
-        Some((Arc::new(lab.down_on_drop()), lock))
-    };
-    let trials = SCENARIOS
-        .iter()
-        .map(|&(name, scenario)| {
-            let lab = lab.as_ref().map(|(l, _)| Arc::clone(l));
-            Trial::test(name, move || scenario(lab.as_ref().expect("lab is up")))
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if let Some((lab, lock)) = lab {
-        if let Ok(lab) = Arc::try_unwrap(lab) {
-            match lab.down() {
-                Ok(t) => print!("{t}"),
-                Err(e) => eprintln!("tearing the lab down: {e:#}"),
-            }
-        }
-        drop(lock);
-    }
-    conclusion.exit();
+        },
+        |_| {},
+        &SCENARIOS,
+    )
 }
