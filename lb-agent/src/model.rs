@@ -320,6 +320,48 @@ pub struct Parsed<T> {
     pub skipped: Vec<Skipped>,
 }
 
+impl<T> Parsed<T> {
+    /// Reads an object of `kind` with metadata `meta` through `read`, which gets its id, its
+    /// name for messages ("Service ns/name") and a list for the parts it leaves out. An
+    /// object without namespace and name, or one `read` refuses, is skipped whole with the
+    /// reason.
+    pub(crate) fn object(
+        kind: ObjectKind,
+        meta: &ObjectMeta,
+        read: impl FnOnce(&ObjectId, &str, &mut Vec<Skipped>) -> Result<T, SkipReason>,
+    ) -> Self {
+        let skip = |object: String, reason| Skipped {
+            object,
+            kind,
+            reason,
+        };
+        let id = match ObjectId::of(meta) {
+            Ok(id) => id,
+            Err(reason) => {
+                return Parsed {
+                    id: None,
+                    value: None,
+                    skipped: vec![skip(kind.name().to_string(), reason)],
+                }
+            }
+        };
+        let object = format!("{} {id}", kind.name());
+        let mut notes = Vec::new();
+        let value = match read(&id, &object, &mut notes) {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                notes.push(skip(object, reason));
+                None
+            }
+        };
+        Parsed {
+            id: Some(id),
+            value,
+            skipped: notes,
+        }
+    }
+}
+
 /// Builds the desired state from whole object lists. Never fails: what cannot be used is
 /// skipped and listed.
 pub fn desired_state(

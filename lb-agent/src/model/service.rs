@@ -69,30 +69,9 @@ pub struct ServiceInfo {
 /// Reads a Service. A Service that cannot be served at all has no value; ports and
 /// addresses that cannot be served are left out and listed.
 pub fn parse_service(svc: &Service) -> Parsed<ServiceInfo> {
-    let id = match ObjectId::of(&svc.metadata) {
-        Ok(id) => id,
-        Err(reason) => {
-            return Parsed {
-                id: None,
-                value: None,
-                skipped: vec![skipped("Service".into(), reason)],
-            }
-        }
-    };
-    let object = format!("Service {id}");
-    let mut notes = Vec::new();
-    let value = match read(svc, &id, &object, &mut notes) {
-        Ok(info) => Some(info),
-        Err(reason) => {
-            notes.push(skipped(object, reason));
-            None
-        }
-    };
-    Parsed {
-        id: Some(id),
-        value,
-        skipped: notes,
-    }
+    Parsed::object(ObjectKind::Service, &svc.metadata, |id, object, notes| {
+        read(svc, id, object, notes)
+    })
 }
 
 fn skipped(object: String, reason: SkipReason) -> Skipped {

@@ -57,30 +57,11 @@ pub struct SliceInfo {
 /// used at all has no value; ports and endpoints that cannot be used are left out and
 /// listed.
 pub fn parse_slice(slice: &EndpointSlice, node_name: &str) -> Parsed<SliceInfo> {
-    let id = match ObjectId::of(&slice.metadata) {
-        Ok(id) => id,
-        Err(reason) => {
-            return Parsed {
-                id: None,
-                value: None,
-                skipped: vec![skipped("EndpointSlice".into(), reason)],
-            }
-        }
-    };
-    let object = format!("EndpointSlice {id}");
-    let mut notes = Vec::new();
-    let value = match read(slice, &id, &object, node_name, &mut notes) {
-        Ok(info) => Some(info),
-        Err(reason) => {
-            notes.push(skipped(object, reason));
-            None
-        }
-    };
-    Parsed {
-        id: Some(id),
-        value,
-        skipped: notes,
-    }
+    Parsed::object(
+        ObjectKind::EndpointSlice,
+        &slice.metadata,
+        |id, object, notes| read(slice, id, object, node_name, notes),
+    )
 }
 
 fn skipped(object: String, reason: SkipReason) -> Skipped {
