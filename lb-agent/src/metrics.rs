@@ -25,7 +25,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use lb_common::{reason::Kind, Reason};
+use lb_common::Reason;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -242,11 +242,7 @@ impl Collector for DatapathCollector {
         )?;
         for reason in Reason::ALL {
             let value = counters.get(reason as usize).copied().unwrap_or(0);
-            let kind = match reason.kind() {
-                Kind::Translated => "translated",
-                Kind::Passed => "passed",
-                Kind::Dropped => "dropped",
-            };
+            let kind = reason.kind().name();
             let labels = [("reason", reason.name()), ("kind", kind)];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }

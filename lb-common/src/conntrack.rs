@@ -44,12 +44,18 @@ impl CtKey {
     }
 
     /// The forward key of the flow a reply entry belongs to: the reply's destination is the
-    /// client, and the entry remembers the service address the client used.
+    /// client (or, for a masqueraded flow, the address the entry keeps for the client), and
+    /// the entry remembers the service address the client used.
     pub const fn forward_of_reply(&self, entry: &CtEntry) -> Self {
+        let (client, client_port) = if entry.flags & ct_flags::SNAT != 0 {
+            (entry.snat_addr, entry.snat_port)
+        } else {
+            (self.daddr, self.dport)
+        };
         Self::new(
-            self.daddr,
+            client,
             entry.nat_addr,
-            self.dport,
+            client_port,
             entry.nat_port,
             self.proto,
             dir::FORWARD,
@@ -57,7 +63,7 @@ impl CtKey {
     }
 }
 
-/// A conntrack entry. 32 bytes.
+/// A conntrack entry. 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
@@ -71,9 +77,46 @@ pub struct CtEntry {
     pub nat_port: u16,
     /// [`seen`] bits.
     pub seen: u8,
-    pub _pad: u8,
+    /// [`ct_flags`] bits.
+    pub flags: u8,
     pub service_id: u32,
     pub backend_id: u32,
+    /// With [`ct_flags::SNAT`]. Forward: the source address the packet gets (the node's).
+    /// Reply: the client's own address, restored as the reply's destination. Network order.
+    pub snat_addr: u32,
+    /// With [`ct_flags::SNAT`]: the source port to write (forward) or restore (reply).
+    pub snat_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// What a flow's translation involves besides DNAT.
+pub mod ct_flags {
+    /// The source is translated too (masquerade: external traffic under
+    /// externalTrafficPolicy=Cluster, off-cluster clients of a ClusterIP, hairpin).
+    pub const SNAT: u8 = 1 << 0;
+    /// The flow entered the node from its uplink (north-south) rather than from a pod.
+    pub const NORTH_SOUTH: u8 = 1 << 1;
+    /// The client reached its own pod through the service (hairpin).
+    pub const HAIRPIN: u8 = 1 << 2;
+
+    /// Names of the set bits, for display.
+    pub fn names(flags: u8) -> impl Iterator<Item = &'static str> {
+        [(SNAT, "snat"), (NORTH_SOUTH, "north-south"), (HAIRPIN, "hairpin")]
+            .into_iter()
+            .filter(move |(bit, _)| flags & bit != 0)
+            .map(|(_, name)| name)
+    }
+}
+
+/// Source ports the datapath gives masqueraded flows: above Linux's default ephemeral range
+/// (32768..=60999, the node's own connections) and the NodePort range (30000..=32767), so a
+/// masqueraded flow never collides with either. Per backend address and port, so 4535
+/// concurrent masqueraded flows per backend.
+pub mod snat_ports {
+    pub const MIN: u16 = 61_000;
+    pub const MAX: u16 = 65_535;
+    /// Candidate ports tried before a new flow is refused.
+    pub const TRIES: u32 = 8;
 }
 
 /// What a flow has shown so far. The state follows from these bits.
@@ -236,9 +279,12 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(offset_of!(CtKey, sport), 8);
         assert_eq!(offset_of!(CtKey, proto), 12);
-        assert_eq!(size_of::<CtEntry>(), 32);
+        assert_eq!(size_of::<CtEntry>(), 40);
         assert_eq!(offset_of!(CtEntry, nat_addr), 16);
+        assert_eq!(offset_of!(CtEntry, flags), 23);
         assert_eq!(offset_of!(CtEntry, service_id), 24);
+        assert_eq!(offset_of!(CtEntry, snat_addr), 32);
+        assert_eq!(offset_of!(CtEntry, snat_port), 36);
     }
 
     #[test]
@@ -338,6 +384,34 @@ mod tests {
                 TCP,
                 dir::FORWARD
             )
+        );
+    }
+
+    #[test]
+    fn forward_key_of_a_masqueraded_flow_names_the_original_client() {
+        // Reply backend 10.244.2.3:8080 -> node 172.18.0.2:61000; the client was
+        // 172.18.0.1:40000 talking to 10.96.0.10:80.
+        let reply = CtKey::new(0x0302_f40a, 0x0200_12ac, 0x901f, 0x48ee, TCP, dir::REPLY);
+        let entry = CtEntry {
+            nat_addr: 0x0a00_600a,
+            nat_port: 0x5000,
+            flags: ct_flags::SNAT,
+            snat_addr: 0x0100_12ac,
+            snat_port: 0x409c,
+            ..Default::default()
+        };
+        assert_eq!(
+            reply.forward_of_reply(&entry),
+            CtKey::new(0x0100_12ac, 0x0a00_600a, 0x409c, 0x5000, TCP, dir::FORWARD)
+        );
+    }
+
+    #[test]
+    fn snat_ports_stay_clear_of_ephemeral_and_node_ports() {
+        const { assert!(snat_ports::MIN > 60_999 && snat_ports::MIN > 32_767) };
+        assert_eq!(
+            ct_flags::names(ct_flags::SNAT | ct_flags::HAIRPIN).collect::<std::vec::Vec<_>>(),
+            ["snat", "hairpin"]
         );
     }
 }

@@ -64,12 +64,25 @@ pub struct Frontend {
     pub _reserved: u32,
 }
 
-/// Frontend flag bits: the service type this address came from.
+/// Frontend flag bits: the service type this address came from, and the policies that
+/// decide how its traffic is handled.
 pub mod flags {
     pub const CLUSTER_IP: u16 = 1 << 0;
     pub const NODE_PORT: u16 = 1 << 1;
     pub const EXTERNAL_IP: u16 = 1 << 2;
     pub const LOAD_BALANCER: u16 = 1 << 3;
+    /// externalTrafficPolicy=Local, on the external-scope entry: only local backends, the
+    /// client address is kept, and with no local backend external traffic is dropped
+    /// (never rejected). Clients inside the cluster use the [`super::scope::INTERNAL`] twin.
+    pub const EXTERNAL_LOCAL: u16 = 1 << 4;
+    /// internalTrafficPolicy=Local: only local backends; none means drop, not reject.
+    pub const INTERNAL_LOCAL: u16 = 1 << 5;
+    /// loadBalancerSourceRanges apply: the client must match an entry of the source-range
+    /// trie under this frontend's service id.
+    pub const SOURCE_RANGES: u16 = 1 << 6;
+
+    /// Any of the kinds reached from outside the cluster (kube-proxy's "external" chains).
+    pub const EXTERNAL_KINDS: u16 = NODE_PORT | EXTERNAL_IP | LOAD_BALANCER;
 
     /// Names of the set bits, for display.
     pub fn names(flags: u16) -> impl Iterator<Item = &'static str> {
@@ -78,6 +91,9 @@ pub mod flags {
             (NODE_PORT, "NodePort"),
             (EXTERNAL_IP, "ExternalIP"),
             (LOAD_BALANCER, "LoadBalancer"),
+            (EXTERNAL_LOCAL, "ExternalLocal"),
+            (INTERNAL_LOCAL, "InternalLocal"),
+            (SOURCE_RANGES, "SourceRanges"),
         ]
         .into_iter()
         .filter(move |(bit, _)| flags & bit != 0)

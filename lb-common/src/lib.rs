@@ -20,6 +20,8 @@ pub mod hash;
 pub mod maps;
 pub mod reason;
 pub mod service_name;
+pub mod sock;
+pub mod source_range;
 
 pub use affinity::{AffinityEntry, AffinityKey};
 pub use backend::{Backend, BackendId, BackendSlotKey, BackendStats};
@@ -28,9 +30,12 @@ pub use conntrack::{CtEntry, CtKey, CtState};
 pub use frontend::{Frontend, FrontendKey};
 pub use reason::Reason;
 pub use service_name::ServiceName;
+pub use sock::{SockRevEntry, SockRevKey};
+pub use source_range::SourceRange;
 
 /// IP protocol numbers the datapath handles.
 pub mod proto {
+    pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
 

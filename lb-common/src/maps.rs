@@ -22,8 +22,13 @@ pub const AFFINITY: &str = "LB_AFFINITY";
 /// Service id -> [`crate::ServiceName`]; written by the agent, read by lbctl only.
 pub const SERVICE_NAMES: &str = "LB_SVC_NAMES";
 
+/// (prefix length, [`crate::SourceRange`]) -> u32 (1), an LPM trie: loadBalancerSourceRanges.
+pub const SOURCE_RANGES: &str = "LB_SRC_RANGES";
+/// [`crate::SockRevKey`] -> [`crate::SockRevEntry`], LRU: socket-level LB's reverse view.
+pub const SOCK_REV: &str = "LB_SOCK_REV";
+
 /// Every map the agent pins, for tools that walk them.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     FRONTENDS,
     BACKEND_SLOTS,
     BACKENDS,
@@ -33,6 +38,8 @@ pub const ALL: [&str; 9] = [
     BACKEND_STATS,
     AFFINITY,
     SERVICE_NAMES,
+    SOURCE_RANGES,
+    SOCK_REV,
 ];
 
 pub const FRONTENDS_MAX: u32 = 131_072;
@@ -45,6 +52,11 @@ pub const CONNTRACK_MAX: u32 = 262_144;
 pub const SERVICE_NAMES_MAX: u32 = FRONTENDS_MAX;
 /// One client per entry per service with ClientIP affinity; LRU, so idle clients make room.
 pub const AFFINITY_MAX: u32 = 65_536;
+/// Source ranges over all LoadBalancer frontends.
+pub const SOURCE_RANGES_MAX: u32 = 16_384;
+/// Translated sockets whose peer must be shown as the service (connected UDP and TCP
+/// sockets of node processes); LRU, so closed sockets' entries make room.
+pub const SOCK_REV_MAX: u32 = 65_536;
 /// Room for reasons added later without changing the map.
 pub const COUNTERS_MAX: u32 = 64;
 

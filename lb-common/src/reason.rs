@@ -10,6 +10,21 @@ pub enum Kind {
     Passed,
     /// Dropped.
     Dropped,
+    /// Answered in place of the service: an ICMP port-unreachable back to the client (or a
+    /// refused connect() at the socket), as kube-proxy's REJECT does.
+    Rejected,
+}
+
+impl Kind {
+    /// Stable name, as `lbctl` and the metrics' `kind` label show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Translated => "translated",
+            Kind::Passed => "passed",
+            Kind::Dropped => "dropped",
+            Kind::Rejected => "rejected",
+        }
+    }
 }
 
 #[repr(u32)]
@@ -37,11 +52,34 @@ pub enum Reason {
     DropCtInsert = 8,
     /// The kernel refused to rewrite the packet (store or checksum helper failed).
     DropRewrite = 9,
+    /// The service has no endpoints: the client got ICMP port-unreachable (TCP and UDP), or
+    /// its connect() was refused at the socket.
+    RejectNoBackend = 10,
+    /// externalTrafficPolicy or internalTrafficPolicy Local, and no endpoint on this node:
+    /// dropped, as kube-proxy does, so that the client's retry finds a node that has one.
+    DropNoLocalBackend = 11,
+    /// The client is outside the LoadBalancer's loadBalancerSourceRanges.
+    DropSourceRange = 12,
+    /// Every masquerade source port tried for this backend was in use.
+    DropSnatExhausted = 13,
+    /// Translated, but the FIB had no route for the result; left to the stack to route.
+    PassNoRoute = 14,
+    /// An ICMP error about a translated flow was translated back for the client.
+    IcmpErrorTranslated = 15,
+    /// XDP translated the packet and sent it back out of the uplink (XDP_TX).
+    XdpTx = 16,
+    /// XDP left the packet to the tc program (a local backend, a reject, or an unknown
+    /// neighbour), which finishes it.
+    PassToTc = 17,
+    /// A socket's connect() or sendmsg() to a service was given a backend (socket-level LB).
+    SockTranslated = 18,
+    /// XDP translated the packet and redirected it to another interface.
+    XdpRedirect = 19,
 }
 
 impl Reason {
     /// Number of reasons; counter slots at and above this are unused.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NewFlow,
@@ -54,6 +92,16 @@ impl Reason {
         Reason::DropBackendMissing,
         Reason::DropCtInsert,
         Reason::DropRewrite,
+        Reason::RejectNoBackend,
+        Reason::DropNoLocalBackend,
+        Reason::DropSourceRange,
+        Reason::DropSnatExhausted,
+        Reason::PassNoRoute,
+        Reason::IcmpErrorTranslated,
+        Reason::XdpTx,
+        Reason::PassToTc,
+        Reason::SockTranslated,
+        Reason::XdpRedirect,
     ];
 
     pub fn from_index(i: u32) -> Option<Reason> {
@@ -73,14 +121,41 @@ impl Reason {
             Reason::DropBackendMissing => "drop_backend_missing",
             Reason::DropCtInsert => "drop_ct_insert",
             Reason::DropRewrite => "drop_rewrite",
+            Reason::RejectNoBackend => "reject_no_backend",
+            Reason::DropNoLocalBackend => "drop_no_local_backend",
+            Reason::DropSourceRange => "drop_source_range",
+            Reason::DropSnatExhausted => "drop_snat_exhausted",
+            Reason::PassNoRoute => "pass_no_route",
+            Reason::IcmpErrorTranslated => "icmp_error_translated",
+            Reason::XdpTx => "xdp_tx",
+            Reason::PassToTc => "pass_to_tc",
+            Reason::SockTranslated => "sock_translated",
+            Reason::XdpRedirect => "xdp_redirect",
         }
     }
 
     pub const fn kind(self) -> Kind {
         match self {
-            Reason::NewFlow | Reason::EstablishedFlow | Reason::ReplyTranslated => Kind::Translated,
-            Reason::PassMalformed | Reason::PassFragment => Kind::Passed,
-            _ => Kind::Dropped,
+            Reason::NewFlow
+            | Reason::EstablishedFlow
+            | Reason::ReplyTranslated
+            | Reason::IcmpErrorTranslated
+            | Reason::XdpTx
+            | Reason::XdpRedirect
+            | Reason::SockTranslated => Kind::Translated,
+            Reason::PassMalformed
+            | Reason::PassFragment
+            | Reason::PassNoRoute
+            | Reason::PassToTc => Kind::Passed,
+            Reason::RejectNoBackend => Kind::Rejected,
+            Reason::DropNoBackend
+            | Reason::DropNoBackendSlot
+            | Reason::DropBackendMissing
+            | Reason::DropCtInsert
+            | Reason::DropRewrite
+            | Reason::DropNoLocalBackend
+            | Reason::DropSourceRange
+            | Reason::DropSnatExhausted => Kind::Dropped,
         }
     }
 }
@@ -113,6 +188,7 @@ mod tests {
             match r.kind() {
                 Kind::Dropped => assert!(r.name().starts_with("drop_"), "{r:?}"),
                 Kind::Passed => assert!(r.name().starts_with("pass_"), "{r:?}"),
+                Kind::Rejected => assert!(r.name().starts_with("reject_"), "{r:?}"),
                 Kind::Translated => {}
             }
         }

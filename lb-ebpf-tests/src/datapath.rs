@@ -167,18 +167,24 @@ impl Datapath {
     }
 
     pub fn set_hash_seed(&mut self, seed: u32) {
-        let mut config: Array<&mut MapData, Config> =
+        let config = Config {
+            hash_seed: seed,
+            ..self.config()
+        };
+        self.set_config(config);
+    }
+
+    /// The datapath-wide settings as the maps hold them.
+    pub fn config(&mut self) -> Config {
+        let config: Array<&mut MapData, Config> =
             Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("config map")).expect("array");
-        config
-            .set(
-                0,
-                Config {
-                    hash_seed: seed,
-                    _reserved: 0,
-                },
-                0,
-            )
-            .expect("set config");
+        config.get(&0, 0).expect("get config")
+    }
+
+    pub fn set_config(&mut self, config: Config) {
+        let mut map: Array<&mut MapData, Config> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("config map")).expect("array");
+        map.set(0, config, 0).expect("set config");
     }
 
     pub fn run(&mut self, program: Program, packet: &[u8]) -> Result<Run> {

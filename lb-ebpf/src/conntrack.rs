@@ -46,7 +46,10 @@ pub fn create(
         nat_addr: backend.addr,
         nat_port: backend.port,
         seen: seen_bits(pkt.tcp_flags, dir::FORWARD) | if opened_by_syn { seen::SYN } else { 0 },
-        _pad: 0,
+        flags: 0,
+        snat_addr: 0,
+        snat_port: 0,
+        _pad: [0; 2],
         service_id: fe.service_id,
         backend_id,
     };

@@ -4,15 +4,15 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     maps::{
         AFFINITY_MAX, BACKENDS_MAX, BACKEND_SLOTS_MAX, CONNTRACK_MAX, COUNTERS_MAX, FRONTENDS_MAX,
-        SERVICE_NAMES_MAX,
+        SERVICE_NAMES_MAX, SOCK_REV_MAX, SOURCE_RANGES_MAX,
     },
     AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats, Config, CtEntry,
-    CtKey, Frontend, FrontendKey, ServiceName,
+    CtKey, Frontend, FrontendKey, ServiceName, SockRevEntry, SockRevKey, SourceRange,
 };
 
 // Service maps are sparse and written only by the agent: no preallocation, so their memory
@@ -53,3 +53,14 @@ pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
 #[map]
 pub static LB_SVC_NAMES: HashMap<u32, ServiceName> =
     HashMap::pinned(SERVICE_NAMES_MAX, BPF_F_NO_PREALLOC);
+
+// The trie's key is (service id, client prefix); the value is unused (presence matters).
+// LPM tries must not be preallocated.
+#[map]
+pub static LB_SRC_RANGES: LpmTrie<SourceRange, u32> =
+    LpmTrie::pinned(SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);
+
+// Written per translated socket by the cgroup programs; LRU so closed sockets make room.
+#[map]
+pub static LB_SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> =
+    LruHashMap::pinned(SOCK_REV_MAX, 0);

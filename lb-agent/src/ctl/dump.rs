@@ -227,11 +227,7 @@ pub struct ConfigRecord {
 }
 
 pub fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Translated => "translated",
-        Kind::Passed => "passed",
-        Kind::Dropped => "dropped",
-    }
+    kind.name()
 }
 
 /// The JSON form of the selected sections.

@@ -55,9 +55,9 @@ pub fn flow(
         nat_addr: b.addr,
         nat_port: b.port,
         seen,
-        _pad: 0,
         service_id,
         backend_id: id,
+        ..Default::default()
     };
     let reply = CtEntry {
         nat_addr: vip.addr,
@@ -193,7 +193,7 @@ pub fn sample() -> Snapshot {
         counters: vec![5, 0, 4, 0, 0, 1],
         config: Some(Config {
             hash_seed: 0x5eed,
-            _reserved: 0,
+            ..Default::default()
         }),
         unavailable: Vec::new(),
     }
