@@ -20,7 +20,11 @@ mod nat;
 mod parse;
 mod reply;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
+};
 
 /// tc verdicts. With tcx, "unspec" means "carry on to the next program, else pass".
 pub(crate) const TC_ACT_UNSPEC: i32 = -1;
@@ -34,6 +38,43 @@ pub fn lb_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_to_pod(ctx: TcContext) -> i32 {
     reply::handle(&ctx)
+}
+
+/// tc ingress on the node's uplink: north-south traffic to NodePorts, LoadBalancer and
+/// external IPs, and replies of masqueraded flows.
+#[classifier]
+pub fn lb_from_net(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// XDP on the node's uplink: the fast path for what `lb_from_net` does.
+#[xdp]
+pub fn lb_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// cgroup connect4: node processes connecting to a service get its backend.
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// cgroup sendmsg4: unconnected UDP sends to a service go to its backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// cgroup recvmsg4: replies on unconnected UDP sockets show the service as their source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// cgroup getpeername4: a translated socket's peer is the service, not the backend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(_ctx: SockAddrContext) -> i32 {
+    1
 }
 
 #[cfg(not(test))]
