@@ -2,16 +2,26 @@
 //! flags into the flow's state (the state machine itself is in lb_common::conntrack).
 
 use lb_common::{
-    conntrack::{dir, is_reopen, seen, seen_bits, tcp_flags},
-    proto, Backend, BackendId, CtEntry, CtKey, Frontend, Reason,
+    conntrack::{ct_flags, dir, is_reopen, seen, seen_bits, snat_ports, tcp_flags},
+    hash::flow_hash,
+    proto, Backend, BackendId, Config, CtEntry, CtKey, Frontend, Reason,
 };
 
-use crate::{maps::LB_CT, parse::Packet};
+use crate::{maps::LB_CT, nat::Tuple, parse::Packet};
+
+/// BPF_NOEXIST: insert only if the key is free (a masquerade port must not be shared).
+const BPF_NOEXIST: u64 = 1;
+
+/// A tracked flow's translation for this packet.
+pub struct Hit {
+    pub to: Tuple,
+    pub backend_id: BackendId,
+}
 
 /// The forward entry of a live flow, with this packet folded in. `None` if there is none,
 /// it has expired, or the packet opens a new connection on a finished flow's tuple.
 #[inline(always)]
-pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16, BackendId)> {
+pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
     let entry = LB_CT.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run; concurrent updates of `seen` and
     // `last_seen_ns` from other CPUs can race, and either value is acceptable.
@@ -22,67 +32,28 @@ pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16, Bac
         }
         (*entry).seen |= seen_bits(pkt.tcp_flags, dir::FORWARD);
         (*entry).last_seen_ns = now;
-        Some(((*entry).nat_addr, (*entry).nat_port, (*entry).backend_id))
+        let mut to = Tuple {
+            saddr: pkt.saddr,
+            sport: pkt.sport,
+            daddr: (*entry).nat_addr,
+            dport: (*entry).nat_port,
+        };
+        if (*entry).flags & ct_flags::SNAT != 0 {
+            to.saddr = (*entry).snat_addr;
+            to.sport = (*entry).snat_port;
+        }
+        Some(Hit {
+            to,
+            backend_id: (*entry).backend_id,
+        })
     }
 }
 
-/// Records a new flow: the forward entry (client -> service, steering it to `backend`) and
-/// the reply entry (backend -> client, restoring the service address).
+/// The addresses a reply must carry, if it belongs to a tracked flow: the service as its
+/// source, and for a masqueraded flow the client as its destination. The flow's forward
+/// entry learns what the reply showed (SYN-ACK, FIN, RST).
 #[inline(always)]
-pub fn create(
-    key: &CtKey,
-    pkt: &Packet,
-    fe: &Frontend,
-    backend_id: BackendId,
-    backend: &Backend,
-    now: u64,
-) -> Result<(), Reason> {
-    let opened_by_syn = pkt.proto == proto::TCP
-        && pkt.tcp_flags & tcp_flags::SYN != 0
-        && pkt.tcp_flags & tcp_flags::ACK == 0;
-    let forward = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        seen: seen_bits(pkt.tcp_flags, dir::FORWARD) | if opened_by_syn { seen::SYN } else { 0 },
-        flags: 0,
-        snat_addr: 0,
-        snat_port: 0,
-        _pad: [0; 2],
-        service_id: fe.service_id,
-        backend_id,
-    };
-    let reply_key = CtKey::new(
-        backend.addr,
-        pkt.saddr,
-        backend.port,
-        pkt.sport,
-        pkt.proto,
-        dir::REPLY,
-    );
-    let reply = CtEntry {
-        nat_addr: pkt.daddr,
-        nat_port: pkt.dport,
-        seen: 0,
-        ..forward
-    };
-    // Reply entry first: once the forward entry exists, packets are steered to the backend
-    // and its answers must already be translatable.
-    LB_CT
-        .insert(&reply_key, &reply, 0)
-        .map_err(|_| Reason::DropCtInsert)?;
-    if LB_CT.insert(key, &forward, 0).is_err() {
-        let _ = LB_CT.remove(&reply_key);
-        return Err(Reason::DropCtInsert);
-    }
-    Ok(())
-}
-
-/// The service address a reply must carry as its source, if the reply belongs to a tracked
-/// flow; the flow's forward entry learns what the reply showed (SYN-ACK, FIN, RST).
-#[inline(always)]
-pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16, BackendId)> {
+pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
     // SAFETY: copied out at once.
     let reply = unsafe { LB_CT.get(key).copied() }?;
     let forward_key = key.forward_of_reply(&reply);
@@ -93,5 +64,160 @@ pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<(u32, u16, Backe
             (*forward).last_seen_ns = now;
         }
     }
-    Some((reply.nat_addr, reply.nat_port, reply.backend_id))
+    let mut to = Tuple {
+        saddr: reply.nat_addr,
+        sport: reply.nat_port,
+        daddr: pkt.daddr,
+        dport: pkt.dport,
+    };
+    if reply.flags & ct_flags::SNAT != 0 {
+        to.daddr = reply.snat_addr;
+        to.dport = reply.snat_port;
+    }
+    Some(Hit {
+        to,
+        backend_id: reply.backend_id,
+    })
+}
+
+/// How a new flow is to be translated.
+pub struct NewFlow {
+    pub fe: Frontend,
+    pub backend_id: BackendId,
+    pub backend: Backend,
+    /// Masquerade to this address (the node's), or 0 to keep the client's.
+    pub snat_addr: u32,
+    /// [`ct_flags`] besides SNAT.
+    pub flags: u8,
+}
+
+/// Records a new flow: the forward entry (client -> service, steering it to the backend,
+/// and for a masqueraded flow the source to use) and the reply entry (backend -> client or
+/// node, restoring the service and the client). Returns the tuple the packet must carry.
+#[inline(always)]
+pub fn create(
+    key: &CtKey,
+    pkt: &Packet,
+    flow: &NewFlow,
+    cfg: &Config,
+    now: u64,
+) -> Result<Tuple, Reason> {
+    let opened_by_syn = pkt.proto == proto::TCP
+        && pkt.tcp_flags & tcp_flags::SYN != 0
+        && pkt.tcp_flags & tcp_flags::ACK == 0;
+    let backend = &flow.backend;
+    let mut forward = CtEntry {
+        created_ns: now,
+        last_seen_ns: now,
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        seen: seen_bits(pkt.tcp_flags, dir::FORWARD) | if opened_by_syn { seen::SYN } else { 0 },
+        flags: flow.flags,
+        service_id: flow.fe.service_id,
+        backend_id: flow.backend_id,
+        snat_addr: 0,
+        snat_port: 0,
+        _pad: [0; 2],
+    };
+    let mut reply = CtEntry {
+        nat_addr: pkt.daddr,
+        nat_port: pkt.dport,
+        seen: 0,
+        ..forward
+    };
+    let mut to = Tuple {
+        saddr: pkt.saddr,
+        sport: pkt.sport,
+        daddr: backend.addr,
+        dport: backend.port,
+    };
+    // Reply entry first: once the forward entry exists, packets are steered to the backend
+    // and its answers must already be translatable.
+    if flow.snat_addr == 0 {
+        let reply_key = CtKey::new(
+            backend.addr,
+            pkt.saddr,
+            backend.port,
+            pkt.sport,
+            pkt.proto,
+            dir::REPLY,
+        );
+        LB_CT
+            .insert(&reply_key, &reply, 0)
+            .map_err(|_| Reason::DropCtInsert)?;
+        if LB_CT.insert(key, &forward, 0).is_err() {
+            let _ = LB_CT.remove(&reply_key);
+            return Err(Reason::DropCtInsert);
+        }
+        return Ok(to);
+    }
+
+    reply.flags |= ct_flags::SNAT;
+    reply.snat_addr = pkt.saddr;
+    reply.snat_port = pkt.sport;
+    let port = snat_port(key, pkt, backend, flow.snat_addr, &reply, cfg)?;
+    forward.flags |= ct_flags::SNAT;
+    forward.snat_addr = flow.snat_addr;
+    forward.snat_port = port;
+    if LB_CT.insert(key, &forward, 0).is_err() {
+        let reply_key = CtKey::new(
+            backend.addr,
+            flow.snat_addr,
+            backend.port,
+            port,
+            pkt.proto,
+            dir::REPLY,
+        );
+        let _ = LB_CT.remove(&reply_key);
+        return Err(Reason::DropCtInsert);
+    }
+    to.saddr = flow.snat_addr;
+    to.sport = port;
+    Ok(to)
+}
+
+/// Finds a free masquerade port towards `backend` and claims it by inserting the flow's
+/// reply entry under it. Candidates start at a hash of the client's tuple, so a client
+/// keeps its port while its entry lives, and spread over the configured range.
+#[inline(always)]
+fn snat_port(
+    key: &CtKey,
+    pkt: &Packet,
+    backend: &Backend,
+    snat_addr: u32,
+    reply: &CtEntry,
+    cfg: &Config,
+) -> Result<u16, Reason> {
+    let (min, max) = if cfg.snat_port_min != 0 && cfg.snat_port_max >= cfg.snat_port_min {
+        (cfg.snat_port_min as u32, cfg.snat_port_max as u32)
+    } else {
+        (snat_ports::MIN as u32, snat_ports::MAX as u32)
+    };
+    let span = max - min + 1;
+    let start = flow_hash(
+        key.saddr,
+        key.daddr,
+        key.sport,
+        key.dport,
+        key.proto,
+        cfg.hash_seed,
+    );
+    let mut i = 0;
+    while i < snat_ports::TRIES {
+        // A prime stride visits different ports on each try whatever the span.
+        let port = (min + start.wrapping_add(i.wrapping_mul(7919)) % span) as u16;
+        let reply_key = CtKey::new(
+            backend.addr,
+            snat_addr,
+            backend.port,
+            port.to_be(),
+            pkt.proto,
+            dir::REPLY,
+        );
+        if LB_CT.insert(&reply_key, reply, BPF_NOEXIST).is_ok() {
+            return Ok(port.to_be());
+        }
+        i += 1;
+    }
+    Err(Reason::DropSnatExhausted)
 }

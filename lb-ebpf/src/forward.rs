@@ -1,30 +1,35 @@
-//! What pods send: tracked flows follow conntrack; new connections to a service get a
-//! backend, a conntrack entry and DNAT.
+//! What pods send (tc ingress on a pod's veth): tracked flows follow conntrack, replies of
+//! flows translated on this node get the service back, and new connections to a service
+//! get a backend, a conntrack entry and DNAT (masqueraded for hairpin and for
+//! externalTrafficPolicy=Cluster addresses).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use aya_log_ebpf::debug;
-use lb_common::{conntrack::dir, CtKey, Reason};
+use lb_common::{proto, Reason};
 
 use crate::{
-    backend, conntrack,
     counters::{count, count_backend},
-    frontend, nat, parse, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    fib,
+    flow::{self, Step},
+    frontend::Origin,
+    icmp, nat, parse, reject, TC_ACT_SHOT, TC_ACT_UNSPEC,
 };
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
     match try_handle(ctx) {
-        Ok(()) => TC_ACT_UNSPEC,
+        Ok(verdict) => verdict,
         Err(reason) => verdict(ctx, reason),
     }
 }
 
-/// Counts `reason` and turns it into a verdict.
-#[inline(always)]
+/// Counts `reason` and turns it into a verdict. Not inlined: a call keeps the logging
+/// code out of the hot path's register allocation.
+#[inline(never)]
 pub fn verdict(ctx: &TcContext, reason: Reason) -> i32 {
     count(reason);
     match reason.kind() {
-        lb_common::reason::Kind::Dropped => {
+        lb_common::reason::Kind::Dropped | lb_common::reason::Kind::Rejected => {
             debug!(ctx, "drop: reason {}", reason as u32);
             TC_ACT_SHOT
         }
@@ -32,45 +37,62 @@ pub fn verdict(ctx: &TcContext, reason: Reason) -> i32 {
     }
 }
 
+/// Answers a reject with ICMP, or drops when the packet cannot be turned around.
 #[inline(always)]
-fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
+pub fn reject_or_drop(ctx: &TcContext, pkt: &parse::Packet) -> i32 {
+    match reject::port_unreachable(ctx, pkt) {
+        Ok(verdict) => {
+            count(Reason::RejectNoBackend);
+            verdict
+        }
+        Err(reason) => verdict(ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn try_handle(ctx: &TcContext) -> Result<i32, Reason> {
     let Some(pkt) = parse::parse(ctx)? else {
-        return Ok(());
+        return Ok(TC_ACT_UNSPEC);
     };
+    if pkt.proto == proto::ICMP {
+        return Ok(match icmp::translate_error(ctx, &pkt)? {
+            Some(to) => fib::redirect(ctx, &to, pkt.proto),
+            None => TC_ACT_UNSPEC,
+        });
+    }
+    let cfg = flow::config();
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = CtKey::new(
-        pkt.saddr,
-        pkt.daddr,
-        pkt.sport,
-        pkt.dport,
-        pkt.proto,
-        dir::FORWARD,
-    );
-
-    if let Some((addr, port, backend_id)) = conntrack::forward_hit(&key, &pkt, now) {
-        nat::dnat(ctx, &pkt, addr, port)?;
-        count(Reason::EstablishedFlow);
-        count_backend(backend_id, ctx.len());
-        return Ok(());
-    }
-
-    let Some(fe) = frontend::lookup(&pkt) else {
-        return Ok(());
+    let (to, backend_id, reason) = match flow::decide(&pkt, Origin::Pod, &cfg, now) {
+        Ok(Step::Untouched) => return Ok(TC_ACT_UNSPEC),
+        Ok(Step::Tracked {
+            to,
+            backend_id,
+            reason,
+        }) => (to, backend_id, reason),
+        Ok(Step::New(new)) => {
+            let to = flow::commit(&pkt, &new, &cfg, now)?;
+            debug!(
+                ctx,
+                "new flow {:i}:{} -> {:i}:{} via backend {}",
+                u32::from_be(pkt.saddr),
+                u16::from_be(pkt.sport),
+                u32::from_be(pkt.daddr),
+                u16::from_be(pkt.dport),
+                new.backend_id
+            );
+            (to, new.backend_id, Reason::NewFlow)
+        }
+        Err(Reason::RejectNoBackend) => return Ok(reject_or_drop(ctx, &pkt)),
+        Err(reason) => return Err(reason),
     };
-    let (backend_id, backend) = backend::select(&fe, &pkt, now)?;
-    conntrack::create(&key, &pkt, &fe, backend_id, &backend, now)?;
-    nat::dnat(ctx, &pkt, backend.addr, backend.port)?;
-    count(Reason::NewFlow);
+    nat::rewrite(ctx, &pkt, &to)?;
+    count(reason);
     count_backend(backend_id, ctx.len());
-    debug!(
-        ctx,
-        "new flow {:i}:{} -> {:i}:{} via backend {}",
-        u32::from_be(pkt.saddr),
-        u16::from_be(pkt.sport),
-        u32::from_be(pkt.daddr),
-        u16::from_be(pkt.dport),
-        backend_id
-    );
-    Ok(())
+    if to.saddr != pkt.saddr {
+        // The source became the node's or the service's address: the stack would drop a
+        // packet from its own address arriving on a pod's veth, so it is forwarded here.
+        return Ok(fib::redirect(ctx, &to, pkt.proto));
+    }
+    Ok(TC_ACT_UNSPEC)
 }

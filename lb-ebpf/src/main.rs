@@ -1,10 +1,15 @@
 //! The lb datapath. Each program follows the packet's path:
-//! parse -> conntrack -> frontend lookup -> backend selection -> NAT -> counters.
+//! parse -> conntrack -> frontend lookup -> backend selection -> NAT -> counters, with the
+//! shared decision in `flow`.
 //!
 //! - `lb_from_pod` (tc ingress on the host side of a pod's veth) sees what pods send: new
 //!   connections to a service are given a backend and DNATed, tracked flows follow conntrack.
 //! - `lb_to_pod` (tc egress on the host side of a pod's veth) sees what reaches pods: replies
 //!   from backends get the service address back as their source, wherever the backend ran.
+//! - `lb_from_net` (tc ingress on the node's uplink) serves north-south traffic: NodePorts,
+//!   LoadBalancer and external IPs, masquerading, and the replies of masqueraded flows.
+//! - `lb_xdp` (XDP on the uplink) does the same for what it can send straight back out.
+//! - `lb_sock_*` (cgroup hooks) translate node processes' sockets.
 #![no_std]
 #![no_main]
 // BPF inline assembly (the atomic add in counters.rs) is not yet stable.
@@ -13,15 +18,22 @@
 mod backend;
 mod conntrack;
 mod counters;
+mod fib;
+mod flow;
 mod forward;
+mod frame;
+mod from_net;
 mod frontend;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 mod reply;
+mod source_range;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::xdp_action,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
@@ -43,14 +55,14 @@ pub fn lb_to_pod(ctx: TcContext) -> i32 {
 /// tc ingress on the node's uplink: north-south traffic to NodePorts, LoadBalancer and
 /// external IPs, and replies of masqueraded flows.
 #[classifier]
-pub fn lb_from_net(_ctx: TcContext) -> i32 {
-    TC_ACT_UNSPEC
+pub fn lb_from_net(ctx: TcContext) -> i32 {
+    from_net::handle(&ctx)
 }
 
 /// XDP on the node's uplink: the fast path for what `lb_from_net` does.
 #[xdp]
-pub fn lb_xdp(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    xdp::handle(&ctx)
 }
 
 /// cgroup connect4: node processes connecting to a service get its backend.

@@ -1,15 +1,21 @@
-//! Parsing: Ethernet -> IPv4 -> TCP/UDP, every read bounds-checked against the packet end.
+//! Parsing: Ethernet -> IPv4 -> TCP/UDP (or an ICMP message), every read bounds-checked
+//! against the packet end.
 
-use aya_ebpf::programs::TcContext;
 use lb_common::{proto, Reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::frame::Frame;
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// Fragment offset bits of the IPv4 flags/offset field (network order when read natively).
 const IP_OFFSET_MASK_BE: u16 = 0x1fffu16.to_be();
+/// ICMP header: type, code, checksum, 4 bytes that depend on the type.
+pub const ICMP_HDR_LEN: usize = 8;
+pub const ETH_HDR_LEN: usize = EthHdr::LEN;
 
-/// Offsets and the flow tuple of an IPv4 TCP/UDP packet. Addresses and ports are as they sit
-/// in the packet (network byte order read natively).
+/// Offsets and the flow tuple of an IPv4 packet. Addresses and ports are as they sit in the
+/// packet (network byte order read natively). For ICMP, the ports are 0 and `tcp_flags`
+/// holds the ICMP type.
 pub struct Packet {
     pub l3: usize,
     pub l4: usize,
@@ -18,7 +24,7 @@ pub struct Packet {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP, the message type for ICMP).
     pub tcp_flags: u8,
 }
 
@@ -26,48 +32,27 @@ impl Packet {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
-        if self.proto == proto::TCP {
-            self.l4 + 16
-        } else {
-            self.l4 + 6
+        match self.proto {
+            proto::TCP => self.l4 + 16,
+            proto::UDP => self.l4 + 6,
+            _ => self.l4 + 2,
         }
     }
 }
 
-/// A pointer to a `T` at `off`, if the linear packet data holds all of it.
+/// `Ok(None)`: not IPv4 TCP/UDP/ICMP, nothing for us. `Err`: the reason to pass it untouched.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-/// Makes the first `len` bytes linear if the packet has them (GSO and paged skbs may keep
-/// headers outside the linear area). False when the packet is really shorter.
-#[inline(always)]
-fn pull(ctx: &TcContext, len: usize) -> bool {
-    if ctx.data() + len <= ctx.data_end() {
-        return true;
-    }
-    len as u32 <= ctx.len() && ctx.pull_data(len as u32).is_ok()
-}
-
-/// `Ok(None)`: not IPv4 TCP/UDP, nothing for us. `Err`: the reason to pass it untouched.
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, Reason> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassMalformed)?;
+pub fn parse<F: Frame>(ctx: &F) -> Result<Option<Packet>, Reason> {
+    let eth: *const EthHdr = ctx.ptr_at(0).ok_or(Reason::PassMalformed)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
         return Ok(None);
     }
     let l3 = EthHdr::LEN;
-    if !pull(ctx, l3 + Ipv4Hdr::LEN) {
+    if !ctx.pull(l3 + Ipv4Hdr::LEN) {
         return Err(Reason::PassMalformed);
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let ip: *const Ipv4Hdr = ctx.ptr_at(l3).ok_or(Reason::PassMalformed)?;
     // SAFETY: as above; the pointer was derived after the pull.
     let (vihl, frags, ip_proto, saddr, daddr) = unsafe {
         (
@@ -82,7 +67,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, Reason> {
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Reason::PassMalformed);
     }
-    if ip_proto != proto::TCP && ip_proto != proto::UDP {
+    if ip_proto != proto::TCP && ip_proto != proto::UDP && ip_proto != proto::ICMP {
         return Ok(None);
     }
     if frags & IP_OFFSET_MASK_BE != 0 {
@@ -90,33 +75,42 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, Reason> {
         return Err(Reason::PassFragment);
     }
     let l4 = l3 + ihl;
-    let l4_len = if ip_proto == proto::TCP {
-        TcpHdr::LEN
-    } else {
-        UdpHdr::LEN
+    let l4_len = match ip_proto {
+        proto::TCP => TcpHdr::LEN,
+        proto::UDP => UdpHdr::LEN,
+        _ => ICMP_HDR_LEN,
     };
-    if !pull(ctx, l4 + l4_len) {
+    if !ctx.pull(l4 + l4_len) {
         return Err(Reason::PassMalformed);
     }
-    let (sport, dport, tcp_flags) = if ip_proto == proto::TCP {
-        let tcp: *const TcpHdr = ptr_at(ctx, l4).ok_or(Reason::PassMalformed)?;
-        // SAFETY: bounds checked by ptr_at. Byte 13 of the TCP header holds the flags.
-        unsafe {
-            (
-                u16::from_ne_bytes((*tcp).source),
-                u16::from_ne_bytes((*tcp).dest),
-                *(tcp as *const u8).add(13),
-            )
+    let (sport, dport, tcp_flags) = match ip_proto {
+        proto::TCP => {
+            let tcp: *const TcpHdr = ctx.ptr_at(l4).ok_or(Reason::PassMalformed)?;
+            // SAFETY: bounds checked by ptr_at. Byte 13 of the TCP header holds the flags.
+            unsafe {
+                (
+                    u16::from_ne_bytes((*tcp).source),
+                    u16::from_ne_bytes((*tcp).dest),
+                    *(tcp as *const u8).add(13),
+                )
+            }
         }
-    } else {
-        let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(Reason::PassMalformed)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe {
-            (
-                u16::from_ne_bytes((*udp).src),
-                u16::from_ne_bytes((*udp).dst),
-                0,
-            )
+        proto::UDP => {
+            let udp: *const UdpHdr = ctx.ptr_at(l4).ok_or(Reason::PassMalformed)?;
+            // SAFETY: bounds checked by ptr_at.
+            unsafe {
+                (
+                    u16::from_ne_bytes((*udp).src),
+                    u16::from_ne_bytes((*udp).dst),
+                    0,
+                )
+            }
+        }
+        _ => {
+            let icmp: *const u8 = ctx.ptr_at::<[u8; ICMP_HDR_LEN]>(l4).ok_or(Reason::PassMalformed)?
+                as *const u8;
+            // SAFETY: bounds checked by ptr_at; byte 0 is the message type.
+            (0, 0, unsafe { *icmp })
         }
     };
     Ok(Some(Packet {

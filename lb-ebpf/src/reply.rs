@@ -1,13 +1,15 @@
-//! What reaches pods: replies of tracked flows get the service address back as their source.
+//! What reaches pods (tc egress on a pod's veth): replies of tracked flows get the service
+//! address back as their source, wherever the backend ran, and ICMP errors about them are
+//! translated too.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use lb_common::{conntrack::dir, CtKey, Reason};
+use lb_common::{conntrack::dir, proto, CtKey, Reason};
 
 use crate::{
     conntrack,
     counters::{count, count_backend},
     forward::verdict,
-    nat, parse, TC_ACT_UNSPEC,
+    icmp, nat, parse, TC_ACT_UNSPEC,
 };
 
 #[inline(always)]
@@ -23,6 +25,9 @@ fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
     let Some(pkt) = parse::parse(ctx)? else {
         return Ok(());
     };
+    if pkt.proto == proto::ICMP {
+        return icmp::translate_error(ctx, &pkt).map(|_| ());
+    }
     let key = CtKey::new(
         pkt.saddr,
         pkt.daddr,
@@ -33,11 +38,11 @@ fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
     );
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((addr, port, backend_id)) = conntrack::reply_hit(&key, &pkt, now) else {
+    let Some(hit) = conntrack::reply_hit(&key, &pkt, now) else {
         return Ok(());
     };
-    nat::snat(ctx, &pkt, addr, port)?;
+    nat::rewrite(ctx, &pkt, &hit.to)?;
     count(Reason::ReplyTranslated);
-    count_backend(backend_id, ctx.len());
+    count_backend(hit.backend_id, ctx.len());
     Ok(())
 }
