@@ -35,7 +35,9 @@ impl Config {
 
     /// The cluster CIDR as network-order address and mask, from a host-order prefix.
     pub fn with_cluster_cidr(mut self, addr: core::net::Ipv4Addr, prefix: u8) -> Self {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix.min(32)))
+            .unwrap_or(0);
         self.cluster_cidr_mask = mask.to_be();
         self.cluster_cidr_addr = crate::addr_be(addr) & self.cluster_cidr_mask;
         self

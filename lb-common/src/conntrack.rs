@@ -101,10 +101,14 @@ pub mod ct_flags {
 
     /// Names of the set bits, for display.
     pub fn names(flags: u8) -> impl Iterator<Item = &'static str> {
-        [(SNAT, "snat"), (NORTH_SOUTH, "north-south"), (HAIRPIN, "hairpin")]
-            .into_iter()
-            .filter(move |(bit, _)| flags & bit != 0)
-            .map(|(_, name)| name)
+        [
+            (SNAT, "snat"),
+            (NORTH_SOUTH, "north-south"),
+            (HAIRPIN, "hairpin"),
+        ]
+        .into_iter()
+        .filter(move |(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name)
     }
 }
 

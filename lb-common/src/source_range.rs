@@ -83,7 +83,8 @@ mod tests {
         assert_eq!(r.service_id_be.to_ne_bytes(), [0, 0, 0, 7]);
         let (all_len, all) = SourceRange::range(7, Ipv4Addr::new(1, 2, 3, 4), 0);
         assert_eq!((all_len, all.addr), (32, 0));
-        let (client_len, client) = SourceRange::client(7, crate::addr_be(Ipv4Addr::new(1, 2, 3, 4)));
+        let (client_len, client) =
+            SourceRange::client(7, crate::addr_be(Ipv4Addr::new(1, 2, 3, 4)));
         assert_eq!(client_len, 64);
         assert_eq!(client.addr.to_ne_bytes(), [1, 2, 3, 4]);
     }

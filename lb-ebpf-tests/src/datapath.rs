@@ -82,6 +82,11 @@ impl Datapath {
         })
     }
 
+    /// The loaded object, for harness code that attaches more of its programs.
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     fn hash_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
         HashMap::try_from(self.ebpf.map_mut(name).expect("map in object")).expect("hash map")
     }
@@ -109,6 +114,25 @@ impl Datapath {
         backends: &[(Ipv4Addr, u16)],
         affinity_timeout_s: u32,
     ) -> (u32, Vec<BackendId>) {
+        self.add_frontend(
+            FrontendKey::new(vip, port, proto),
+            lb_common::frontend::flags::CLUSTER_IP,
+            backends,
+            affinity_timeout_s,
+        )
+    }
+
+    /// Programs one frontend entry (any scope and flags) with its own service id and
+    /// backends, in the agent's order; returns the service id and the backend ids in slot
+    /// order.
+    pub fn add_frontend(
+        &mut self,
+        key: FrontendKey,
+        flags: u16,
+        backends: &[(Ipv4Addr, u16)],
+        affinity_timeout_s: u32,
+    ) -> (u32, Vec<BackendId>) {
+        let proto = key.proto;
         let mut ids = Vec::new();
         let service_id = self.next_service;
         self.next_service += 1;
@@ -130,12 +154,12 @@ impl Datapath {
         let fe = Frontend {
             service_id,
             backend_count: backends.len() as u16,
-            flags: lb_common::frontend::flags::CLUSTER_IP,
+            flags,
             affinity_timeout_s,
             ..Default::default()
         };
         self.hash_map::<FrontendKey, Frontend>(maps::FRONTENDS)
-            .insert(FrontendKey::new(vip, port, proto), fe, 0)
+            .insert(key, fe, 0)
             .expect("insert frontend");
         (service_id, ids)
     }

@@ -30,6 +30,7 @@ mod nat;
 mod parse;
 mod reject;
 mod reply;
+mod sock;
 mod source_range;
 mod xdp;
 
@@ -67,26 +68,26 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 /// cgroup connect4: node processes connecting to a service get its backend.
 #[cgroup_sock_addr(connect4)]
-pub fn lb_sock_connect4(_ctx: SockAddrContext) -> i32 {
-    1
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect::handle(&ctx)
 }
 
 /// cgroup sendmsg4: unconnected UDP sends to a service go to its backend.
 #[cgroup_sock_addr(sendmsg4)]
-pub fn lb_sock_sendmsg4(_ctx: SockAddrContext) -> i32 {
-    1
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::connect::handle(&ctx)
 }
 
 /// cgroup recvmsg4: replies on unconnected UDP sockets show the service as their source.
 #[cgroup_sock_addr(recvmsg4)]
-pub fn lb_sock_recvmsg4(_ctx: SockAddrContext) -> i32 {
-    1
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse::handle(&ctx)
 }
 
 /// cgroup getpeername4: a translated socket's peer is the service, not the backend.
 #[cgroup_sock_addr(getpeername4)]
-pub fn lb_sock_getpeername4(_ctx: SockAddrContext) -> i32 {
-    1
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -62,5 +62,4 @@ pub static LB_SRC_RANGES: LpmTrie<SourceRange, u32> =
 
 // Written per translated socket by the cgroup programs; LRU so closed sockets make room.
 #[map]
-pub static LB_SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> =
-    LruHashMap::pinned(SOCK_REV_MAX, 0);
+pub static LB_SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> = LruHashMap::pinned(SOCK_REV_MAX, 0);
