@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -14,20 +14,28 @@ use lb_common::{
 };
 use lb_lab::testing::PinDir;
 
-/// The two programs of the object.
+/// The packet programs of the object.
 #[derive(Clone, Copy, Debug)]
 pub enum Program {
     /// tc ingress on a pod veth: what pods send.
     FromPod,
     /// tc egress on a pod veth: what reaches pods.
     ToPod,
+    /// tc ingress on the node's uplink: north-south traffic.
+    FromNet,
+    /// XDP on the node's uplink.
+    Xdp,
 }
 
 impl Program {
+    pub const TC: [Program; 3] = [Program::FromPod, Program::ToPod, Program::FromNet];
+
     pub fn name(self) -> &'static str {
         match self {
             Program::FromPod => "lb_from_pod",
             Program::ToPod => "lb_to_pod",
+            Program::FromNet => "lb_from_net",
+            Program::Xdp => "lb_xdp",
         }
     }
 }
@@ -66,7 +74,7 @@ impl Datapath {
             .override_global("AYA_LOG_LEVEL", &level, true)
             .load_file(&object)
             .with_context(|| format!("loading {}", object.display()))?;
-        for program in [Program::FromPod, Program::ToPod] {
+        for program in Program::TC {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(program.name())
                 .with_context(|| format!("program {} not in object", program.name()))?
@@ -74,6 +82,11 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifier rejected {}", program.name()))?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(Program::Xdp.name())
+            .context("program lb_xdp not in object")?
+            .try_into()?;
+        xdp.load().context("verifier rejected lb_xdp")?;
         Ok(Self {
             ebpf,
             _pin_dir: pin_dir,
@@ -164,6 +177,20 @@ impl Datapath {
         (service_id, ids)
     }
 
+    /// Lets clients in `addr/prefix` through frontend `service_id`'s source ranges.
+    pub fn add_source_range(&mut self, service_id: u32, addr: Ipv4Addr, prefix: u8) {
+        let (len, data) = lb_common::SourceRange::range(service_id, addr, prefix);
+        let mut trie: aya::maps::lpm_trie::LpmTrie<&mut MapData, lb_common::SourceRange, u32> =
+            aya::maps::lpm_trie::LpmTrie::try_from(
+                self.ebpf
+                    .map_mut(maps::SOURCE_RANGES)
+                    .expect("source ranges"),
+            )
+            .expect("lpm trie");
+        trie.insert(&aya::maps::lpm_trie::Key::new(len, data), 1, 0)
+            .expect("insert source range");
+    }
+
     /// Points slot `slot` of `service_id` at `backend` (as a backend change would).
     pub fn set_slot(&mut self, service_id: u32, slot: u32, backend: BackendId) {
         self.hash_map::<BackendSlotKey, BackendId>(maps::BACKEND_SLOTS)
@@ -212,18 +239,37 @@ impl Datapath {
     }
 
     pub fn run(&mut self, program: Program, packet: &[u8]) -> Result<Run> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program.name())
-            .expect("program")
-            .try_into()?;
-        // Room for the packet to grow (it must not, but a short buffer would hide it).
+        self.run_on(program, packet, 0)
+    }
+
+    /// As [`Datapath::run`], with the packet arriving on interface `ifindex` (XDP only;
+    /// 0 = the test namespace's loopback, as for tc).
+    pub fn run_on(&mut self, program: Program, packet: &[u8], ifindex: u32) -> Result<Run> {
+        // Room for the packet to grow (a reject may, a translation must not).
         let mut out = vec![0u8; packet.len() + 256];
-        let result = prog.test_run(TestRunOptions {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the kernel takes only ingress_ifindex and rx_queue_index.
+        // The kernel also wants data_end to be the packet's length (data 0: no metadata).
+        let mut xdp_md = [0u8; 24];
+        xdp_md[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        xdp_md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let options = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: (ifindex != 0).then_some(&xdp_md[..]),
             ..TestRunOptions::new()
-        })?;
+        };
+        let prog = self.ebpf.program_mut(program.name()).expect("program");
+        let result = match program {
+            Program::Xdp => {
+                let xdp: &mut Xdp = prog.try_into()?;
+                xdp.test_run(options)?
+            }
+            _ => {
+                let tc: &mut SchedClassifier = prog.try_into()?;
+                tc.test_run(options)?
+            }
+        };
         out.truncate(result.data_size_out as usize);
         Ok(Run {
             retval: result.return_value as i32,

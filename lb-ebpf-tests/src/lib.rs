@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod datapath;
 pub mod packet;
 pub mod privilege;
+pub mod testnet;
 
 pub use datapath::{Datapath, Program, Run};
 pub use packet::{Checked, PacketSpec};

@@ -298,9 +298,10 @@ fn traffic_to_no_service_passes_unchanged() {
     );
 }
 
+/// The reply's bytes are checked in north_south.rs; here: the SYN never reaches anyone.
 #[test]
-fn a_service_without_backends_drops_and_counts() {
-    datapath_or_skip!("a_service_without_backends_drops_and_counts");
+fn a_service_without_backends_rejects_and_counts() {
+    datapath_or_skip!("a_service_without_backends_rejects_and_counts");
     let mut dp = one_backend().unwrap();
     let empty = Ipv4Addr::new(10, 96, 0, 20);
     dp.add_service(empty, 80, TCP, &[]);
@@ -312,8 +313,14 @@ fn a_service_without_backends_drops_and_counts() {
         )
         .unwrap();
 
-    assert_eq!(run.retval, SHOT);
-    assert_eq!(dp.counter(Reason::DropNoBackend), 1);
+    assert_eq!(run.retval, 7, "an ICMP error redirected back to the client");
+    assert_eq!(run.data[14 + 9], lb_common::proto::ICMP);
+    assert_eq!(dp.counter(Reason::RejectNoBackend), 1);
+    assert_eq!(
+        dp.ct_len(),
+        2,
+        "only the first service's flows, none for this one"
+    );
 }
 
 #[test]
@@ -541,7 +548,11 @@ fn logging_is_gated_by_the_log_level() {
         let mut dp = Datapath::load_with_log_level(level).unwrap();
         dp.add_service(VIP, 80, TCP, &[(BACKEND_A, 8080)]);
         let run = dp.run(Program::FromPod, &syn).unwrap();
-        assert_eq!(check(&run.data).dst, sock(BACKEND_A.octets(), 8080));
+        let out = check(&run.data);
+        assert_eq!(out.dst, sock(BACKEND_A.octets(), 8080));
+        // The reply path is the one that logs (see lb-ebpf/src/reply.rs).
+        let synack = PacketSpec::tcp(out.dst, out.src, SYN | ACK).build();
+        dp.run(Program::ToPod, &synack).unwrap();
         let records = dp.log_records();
         assert_eq!(
             records > 0,

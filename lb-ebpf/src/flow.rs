@@ -79,8 +79,7 @@ pub fn decide(pkt: &Packet, origin: Origin, cfg: &Config, now: u64) -> Result<St
         return Ok(Step::Untouched);
     };
     let fe = found.fe;
-    if fe.flags & flags::SOURCE_RANGES != 0 && !source_range::allowed(fe.service_id, pkt.saddr)
-    {
+    if fe.flags & flags::SOURCE_RANGES != 0 && !source_range::allowed(fe.service_id, pkt.saddr) {
         return Err(Reason::DropSourceRange);
     }
     if fe.backend_count == 0 {

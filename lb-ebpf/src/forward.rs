@@ -4,7 +4,6 @@
 //! externalTrafficPolicy=Cluster addresses).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use aya_log_ebpf::debug;
 use lb_common::{proto, Reason};
 
 use crate::{
@@ -23,16 +22,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Counts `reason` and turns it into a verdict. Not inlined: a call keeps the logging
-/// code out of the hot path's register allocation.
-#[inline(never)]
-pub fn verdict(ctx: &TcContext, reason: Reason) -> i32 {
+/// Counts `reason` and turns it into a verdict.
+#[inline(always)]
+pub fn verdict(_ctx: &TcContext, reason: Reason) -> i32 {
     count(reason);
     match reason.kind() {
-        lb_common::reason::Kind::Dropped | lb_common::reason::Kind::Rejected => {
-            debug!(ctx, "drop: reason {}", reason as u32);
-            TC_ACT_SHOT
-        }
+        lb_common::reason::Kind::Dropped | lb_common::reason::Kind::Rejected => TC_ACT_SHOT,
         _ => TC_ACT_UNSPEC,
     }
 }
@@ -72,15 +67,6 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Reason> {
         }) => (to, backend_id, reason),
         Ok(Step::New(new)) => {
             let to = flow::commit(&pkt, &new, &cfg, now)?;
-            debug!(
-                ctx,
-                "new flow {:i}:{} -> {:i}:{} via backend {}",
-                u32::from_be(pkt.saddr),
-                u16::from_be(pkt.sport),
-                u32::from_be(pkt.daddr),
-                u16::from_be(pkt.dport),
-                new.backend_id
-            );
             (to, new.backend_id, Reason::NewFlow)
         }
         Err(Reason::RejectNoBackend) => return Ok(reject_or_drop(ctx, &pkt)),

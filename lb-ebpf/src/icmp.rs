@@ -33,7 +33,9 @@ const BPF_F_RECOMPUTE_CSUM: u64 = 1;
 /// outer addresses (ports 0) when it was translated.
 #[inline(always)]
 pub fn translate_error(ctx: &TcContext, pkt: &Packet) -> Result<Option<Tuple>, Reason> {
-    let kind = pkt.tcp_flags;
+    let Ok(kind) = ctx.load::<u8>(pkt.l4) else {
+        return Ok(None);
+    };
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROB {
         return Ok(None);
     }
@@ -74,9 +76,7 @@ pub fn translate_error(ctx: &TcContext, pkt: &Packet) -> Result<Option<Tuple>, R
     new[IP_CSUM_OFF..IP_CSUM_OFF + 2].copy_from_slice(&q_csum.to_ne_bytes());
 
     // The ICMP checksum covers the quote: fold in every changed word.
-    let mut icmp_csum: u16 = ctx
-        .load(pkt.l4 + 2)
-        .map_err(|_| Reason::DropRewrite)?;
+    let mut icmp_csum: u16 = ctx.load(pkt.l4 + 2).map_err(|_| Reason::DropRewrite)?;
     let mut i = 0;
     while i + 1 < QUOTE {
         let o = u16::from_ne_bytes([old[i], old[i + 1]]);

@@ -14,8 +14,7 @@ pub const ICMP_HDR_LEN: usize = 8;
 pub const ETH_HDR_LEN: usize = EthHdr::LEN;
 
 /// Offsets and the flow tuple of an IPv4 packet. Addresses and ports are as they sit in the
-/// packet (network byte order read natively). For ICMP, the ports are 0 and `tcp_flags`
-/// holds the ICMP type.
+/// packet (network byte order read natively). For ICMP, ports and flags are 0.
 pub struct Packet {
     pub l3: usize,
     pub l4: usize,
@@ -24,7 +23,7 @@ pub struct Packet {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags byte (0 for UDP, the message type for ICMP).
+    /// TCP flags byte (0 for UDP and ICMP).
     pub tcp_flags: u8,
 }
 
@@ -106,12 +105,8 @@ pub fn parse<F: Frame>(ctx: &F) -> Result<Option<Packet>, Reason> {
                 )
             }
         }
-        _ => {
-            let icmp: *const u8 = ctx.ptr_at::<[u8; ICMP_HDR_LEN]>(l4).ok_or(Reason::PassMalformed)?
-                as *const u8;
-            // SAFETY: bounds checked by ptr_at; byte 0 is the message type.
-            (0, 0, unsafe { *icmp })
-        }
+        // ICMP: the message type is read by the ICMP code itself (tc only), with a helper.
+        _ => (0, 0, 0),
     };
     Ok(Some(Packet {
         l3,
