@@ -318,8 +318,8 @@ fn a_service_without_backends_rejects_and_counts() {
     assert_eq!(dp.counter(Reason::RejectNoBackend), 1);
     assert_eq!(
         dp.ct_len(),
-        2,
-        "only the first service's flows, none for this one"
+        0,
+        "a rejected connection leaves no conntrack entry"
     );
 }
 
