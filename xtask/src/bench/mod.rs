@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measurements that print figures and write a report under
 //! `target/bench/`. Nothing here asserts a timing; tests do not run it.
 
+pub mod kube_proxy;
 mod programming;
 mod stats;
 
