@@ -147,6 +147,26 @@ impl ServiceBuilder {
         self
     }
 
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.spec().load_balancer_source_ranges =
+            Some(ranges.iter().map(|r| r.to_string()).collect());
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn health_check_node_port(mut self, port: i32) -> Self {
+        self.spec().health_check_node_port = Some(port);
+        self
+    }
+
     pub fn build(self) -> Service {
         self.0
     }

@@ -13,7 +13,8 @@ use aya::{
 };
 use lb_common::{
     maps as names, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats,
-    Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName,
+    Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName, SockRevEntry, SockRevKey,
+    SourceRange,
 };
 
 use crate::bpffs::{self, BpffsError};
@@ -22,6 +23,18 @@ use crate::bpffs::{self, BpffsError};
 pub const FROM_POD: &str = "lb_from_pod";
 /// tc egress on pod veths: what reaches pods.
 pub const TO_POD: &str = "lb_to_pod";
+/// tcx ingress on the node's uplink: what reaches the node from outside.
+pub const FROM_NET: &str = "lb_from_net";
+/// XDP on the node's uplink: the fast path in front of [`FROM_NET`].
+pub const XDP: &str = "lb_xdp";
+/// cgroup sock_addr programs (socket-level LB): connect4, UDP sendmsg4 and recvmsg4,
+/// getpeername4.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "lb_sock_connect4",
+    "lb_sock_sendmsg4",
+    "lb_sock_recvmsg4",
+    "lb_sock_getpeername4",
+];
 
 /// The datapath's aya-log level (the `AYA_LOG_LEVEL` global in the object).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -133,7 +146,7 @@ pub fn load(object: &Object, pin_dir: &Path, log_level: BpfLogLevel) -> Result<E
 }
 
 /// The type and key/value sizes each pinned map must have.
-fn expected_layouts() -> [(&'static str, MapType, usize, usize); 9] {
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 11] {
     [
         (
             names::FRONTENDS,
@@ -188,6 +201,18 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 9] {
             MapType::Hash,
             size_of::<u32>(),
             size_of::<ServiceName>(),
+        ),
+        (
+            names::SOURCE_RANGES,
+            MapType::LpmTrie,
+            size_of::<aya::maps::lpm_trie::Key<SourceRange>>(),
+            size_of::<u32>(),
+        ),
+        (
+            names::SOCK_REV,
+            MapType::LruHash,
+            size_of::<SockRevKey>(),
+            size_of::<SockRevEntry>(),
         ),
     ]
 }

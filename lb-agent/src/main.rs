@@ -14,10 +14,16 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_agent::{
-    attach::{Attacher, ScanReport},
+    attach::{
+        node::{NodeAttachOptions, NodeAttacher},
+        xdp::XdpModeFlag,
+        Attacher, ScanReport,
+    },
     bpf_log,
+    datapath_config::{parse_cluster_cidr, DatapathSettings, SnatPortRange},
     error_chain::error_chain,
     health::Health,
+    health_check_ports,
     loader::{self, BpfLogLevel, Object},
     maps::{aya::AyaMaps, stats::PinnedStats},
     metrics::{DatapathStats, Metrics},
@@ -95,6 +101,38 @@ struct Args {
     /// A full resync (a diff against everything the maps hold) this often; 0 turns it off.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     full_resync_period: Duration,
+    /// The cluster's pod CIDR, as kube-proxy's flag: clients inside it are internal, others
+    /// reaching a ClusterIP are masqueraded. Empty: unknown (nobody is masqueraded for a
+    /// ClusterIP). A dual-stack list is accepted; its IPv4 CIDR is used.
+    #[arg(long, default_value = "", value_parser = cluster_cidr_flag)]
+    cluster_cidr: ClusterCidr,
+    /// Source ports of masqueraded flows, MIN-MAX inclusive (above the ephemeral and
+    /// NodePort ranges by default).
+    #[arg(long, default_value = "61000-65535")]
+    snat_port_range: SnatPortRange,
+    /// The interface north-south traffic arrives on; default: the one holding this
+    /// node's address.
+    #[arg(long)]
+    uplink: Option<String>,
+    /// XDP on the uplink: auto (native if the driver can, else generic), native, generic
+    /// or off.
+    #[arg(long, value_enum, default_value_t = XdpModeFlag::Auto)]
+    xdp_mode: XdpModeFlag,
+    /// Socket-level load balancing for the node's own processes (cgroup programs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    socket_lb: bool,
+    /// The cgroup2 directory the socket programs attach to; default: the cgroup2 mount
+    /// in /proc/mounts.
+    #[arg(long)]
+    cgroup_path: Option<PathBuf>,
+}
+
+/// `--cluster-cidr`: `None` when unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ClusterCidr(Option<Ipv4Cidr>);
+
+fn cluster_cidr_flag(s: &str) -> Result<ClusterCidr, String> {
+    parse_cluster_cidr(s).map(ClusterCidr)
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, or `0`.
@@ -181,10 +219,22 @@ async fn run(args: &Args) -> Result<()> {
         .map(|s| Box::new(s) as Box<dyn DatapathStats>);
     // Pinned, so the programs keep serving while this agent is down, and the next agent
     // (or a new object) takes the links over atomically.
-    let mut attacher = Attacher::pinned(&args.pod_iface_prefix, &args.pin_dir.join("links"))?;
+    let links_dir = args.pin_dir.join("links");
+    let mut attacher = Attacher::pinned(&args.pod_iface_prefix, &links_dir)?;
     log_scan(attacher.rescan(&mut ebpf)?);
 
     let metrics = Metrics::new(stats);
+    let mut node_side = NodeAttacher::start(
+        &mut ebpf,
+        &links_dir,
+        NodeAttachOptions {
+            uplink: args.uplink.clone(),
+            xdp_mode: args.xdp_mode,
+            socket_lb: args.socket_lb,
+            cgroup_path: args.cgroup_path.clone(),
+        },
+        Some(metrics.clone()),
+    )?;
     let health = Arc::new(Health::new(args.sync_period * 2));
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _source_tasks = match (&args.source, client) {
@@ -224,6 +274,11 @@ async fn run(args: &Args) -> Result<()> {
             zone: args.zone.clone(),
         },
         expect_node: args.source.has_nodes(),
+        datapath: DatapathSettings {
+            node_addr: None,
+            cluster_cidr: args.cluster_cidr.0,
+            snat_ports: args.snat_port_range,
+        },
     };
     let options = RunOptions {
         min_sync_period: args.min_sync_period,
@@ -231,7 +286,16 @@ async fn run(args: &Args) -> Result<()> {
         retry_interval: RESCAN_INTERVAL,
         node_wait: NODE_WAIT,
     };
-    let mut pipeline = Pipeline::new(Syncer::new(maps), config, metrics, health);
+    let mut pipeline = Pipeline::new(Syncer::new(maps), config, metrics, health.clone());
+    pipeline.set_attachments(node_side.subscribe());
+    let node = pipeline.subscribe_node();
+    // kube-proxy binds health check node ports on every address.
+    let _health_check_ports = health_check_ports::spawn(
+        pipeline.subscribe_health_checks(),
+        Ipv4Addr::UNSPECIFIED.into(),
+        Some(health),
+    );
+    node_side.tick(&mut ebpf, &node.borrow().ips);
     let (synced_tx, mut synced) = watch::channel(false);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut pipeline_task = tokio::spawn(async move {
@@ -275,10 +339,14 @@ async fn run(args: &Args) -> Result<()> {
                     info!("ready");
                 }
             }
-            _ = tick.tick() => match attacher.rescan(&mut ebpf) {
-                Ok(report) => log_scan(report),
-                Err(e) => warn!("{}", error_chain(&e)),
-            },
+            _ = tick.tick() => {
+                match attacher.rescan(&mut ebpf) {
+                    Ok(report) => log_scan(report),
+                    Err(e) => warn!("{}", error_chain(&e)),
+                }
+                let ips = node.borrow().ips.clone();
+                node_side.tick(&mut ebpf, &ips);
+            }
         }
     }
     // Maps stay pinned (a restarted agent picks them up); links detach as they drop.
@@ -352,5 +420,60 @@ mod tests {
         assert_eq!(ok.node_ips.len(), 2);
         assert_eq!(ok.metrics_bind_address.port(), 10249);
         assert_eq!(ok.healthz_bind_address.port(), 10256);
+    }
+
+    #[test]
+    fn north_south_flags_have_defaults_and_are_validated() {
+        let base = [
+            "lb-agent",
+            "--node-name",
+            "n",
+            "--pin-dir",
+            "/p",
+            "--source",
+            "kube",
+        ];
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())
+        };
+        let d = parse(&[]).expect("defaults");
+        assert_eq!(d.cluster_cidr, ClusterCidr(None));
+        assert_eq!(d.snat_port_range, SnatPortRange::default());
+        assert_eq!((d.uplink, d.xdp_mode), (None, XdpModeFlag::Auto));
+        assert!(d.socket_lb);
+        assert_eq!(d.cgroup_path, None);
+
+        let set = parse(&[
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--snat-port-range",
+            "62000-62999",
+            "--uplink",
+            "eth0",
+            "--xdp-mode",
+            "generic",
+            "--socket-lb",
+            "false",
+            "--cgroup-path",
+            "/sys/fs/cgroup",
+        ])
+        .expect("valid");
+        assert_eq!(
+            set.cluster_cidr.0.map(|c| c.to_string()),
+            Some("10.244.0.0/16".into())
+        );
+        assert_eq!(
+            (set.snat_port_range.min, set.snat_port_range.max),
+            (62_000, 62_999)
+        );
+        assert_eq!(set.xdp_mode, XdpModeFlag::Generic);
+        assert!(!set.socket_lb);
+
+        let err = parse(&["--snat-port-range", "65000-61000"]).expect_err("empty range");
+        assert!(err.contains("--snat-port-range"), "{err}");
+        let err = parse(&["--cluster-cidr", "10.244.0.0"]).expect_err("bad cidr");
+        assert!(err.contains("--cluster-cidr"), "{err}");
+        let err = parse(&["--xdp-mode", "turbo"]).expect_err("bad mode");
+        assert!(err.contains("--xdp-mode"), "{err}");
     }
 }

@@ -13,6 +13,7 @@
 //! | `lb_map_max_entries` | gauge | `map` |
 //! | `lb_datapath_packets_total` | counter | `reason` ([`lb_common::Reason::name`]), `kind` = translated, passed, dropped |
 //! | `lb_conntrack_insert_failures_total` | counter | — |
+//! | `lb_xdp_mode` | gauge | `mode` = native, generic, off, none: 1 for the mode in use |
 //!
 //! Programming latency is measured like kube-proxy's `network_programming_duration_seconds`:
 //! from the EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time` when it has
@@ -46,6 +47,9 @@ const LATENCY_BUCKETS: [f64; 18] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0,
 ];
+
+/// The values of `lb_xdp_mode`'s label.
+pub const XDP_MODES: [&str; 4] = ["native", "generic", "off", "none"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
@@ -85,6 +89,8 @@ pub struct Metrics {
     pub last_sync: Gauge<f64, AtomicU64>,
     pub invalid_objects: Family<SkipLabels, Counter>,
     pub watch_errors: Family<ResourceLabels, Counter>,
+    /// 1 for the XDP mode the uplink runs, 0 for the others.
+    pub xdp_mode: Family<ModeLabels, Gauge>,
     /// The service maps' fill levels, set after each sync and read at scrape time.
     service_maps: Arc<Mutex<Option<MapCounts>>>,
 }
@@ -103,6 +109,7 @@ impl Metrics {
         let invalid_objects = Family::<SkipLabels, Counter>::default();
         let watch_errors = Family::<ResourceLabels, Counter>::default();
         let service_maps = Arc::new(Mutex::new(None));
+        let xdp_mode = Family::<ModeLabels, Gauge>::default();
         // Present from the start (at 0), so that rates and alerts work before the first sync.
         for mode in [SyncMode::Full, SyncMode::Incremental] {
             let labels = ModeLabels { mode: mode.name() };
@@ -142,6 +149,11 @@ impl Metrics {
             "Errors from the API watches (each retried with backoff)",
             watch_errors.clone(),
         );
+        registry.register(
+            "xdp_mode",
+            "The XDP mode the uplink's program runs in (1 for the mode in use)",
+            xdp_mode.clone(),
+        );
         registry.register_collector(Box::new(DatapathCollector {
             service_maps: service_maps.clone(),
             datapath,
@@ -155,8 +167,18 @@ impl Metrics {
             last_sync,
             invalid_objects,
             watch_errors,
+            xdp_mode,
             service_maps,
         })
+    }
+
+    /// Records the XDP mode in use: `native`, `generic`, `off` or `none`.
+    pub fn set_xdp_mode(&self, mode: &'static str) {
+        for m in XDP_MODES {
+            self.xdp_mode
+                .get_or_create(&ModeLabels { mode: m })
+                .set(i64::from(m == mode));
+        }
     }
 
     /// The text exposition (OpenMetrics).

@@ -16,6 +16,7 @@
 //! address two of them claim. [`desired_state`] chains the three for whole object lists.
 
 pub mod frontends;
+pub mod health_check;
 pub mod index;
 pub mod service;
 pub mod slice;
@@ -33,11 +34,12 @@ use k8s_openapi::{
 use lb_common::{Backend, FrontendKey};
 
 pub use frontends::service_frontends;
+pub use health_check::{health_check, HealthCheck};
 pub use index::DesiredIndex;
 pub use service::{parse_service, ServiceInfo};
 pub use slice::{parse_slice, SliceInfo};
 
-use crate::node::ThisNode;
+use crate::node::{Ipv4Cidr, ThisNode};
 
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -177,13 +179,18 @@ pub struct DesiredFrontend {
     pub policy: Policy,
     /// Sorted by address, port and protocol, without duplicates.
     pub backends: Vec<Backend>,
+    /// The client prefixes admitted when `flags` has
+    /// [`lb_common::frontend::flags::SOURCE_RANGES`] (masked, sorted, without duplicates);
+    /// empty with that flag means nobody is admitted. Empty without it.
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 impl DesiredFrontend {
-    /// Only ClusterIP frontends are written to the maps for now; the others are computed
-    /// (and shown in `/state`) for the datapath work that will serve them.
+    /// Every frontend kind is written to the maps: ClusterIP, NodePort, ExternalIP and
+    /// LoadBalancer (the flags tell the datapath which it is). Kept as the one place to
+    /// hold a kind back should a datapath not serve it.
     pub fn is_programmed(&self) -> bool {
-        self.kind == FrontendKind::ClusterIp
+        true
     }
 
     /// The port part of [`Self::name`].
@@ -264,6 +271,10 @@ pub enum SkipReason {
     DuplicateFrontend(String),
     #[error("{0} backends is more than the {MAX_BACKENDS_PER_FRONTEND} a frontend can hold; extra ones left out")]
     TooManyBackends(usize),
+    #[error("{field} entry {value:?} is not a CIDR; left out")]
+    BadSourceRange { field: &'static str, value: String },
+    #[error("{0} has no usable IPv4 range: the LoadBalancer admits no client until it is fixed (fail closed)")]
+    NoUsableSourceRange(&'static str),
 }
 
 impl SkipReason {
@@ -305,6 +316,8 @@ impl SkipReason {
             SkipReason::BadAffinityTimeout(_) => "bad_affinity_timeout",
             SkipReason::DuplicateFrontend(_) => "duplicate_frontend",
             SkipReason::TooManyBackends(_) => "too_many_backends",
+            SkipReason::BadSourceRange { .. } => "bad_source_range",
+            SkipReason::NoUsableSourceRange(_) => "no_usable_source_range",
         }
     }
 }

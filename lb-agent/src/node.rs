@@ -52,6 +52,26 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
+impl Ipv4Cidr {
+    /// The same prefix with the host bits cleared (`10.0.0.7/24` -> `10.0.0.0/24`).
+    pub fn masked(self) -> Self {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
+            .unwrap_or(0);
+        Self {
+            addr: Ipv4Addr::from(u32::from(self.addr) & mask),
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
 impl fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)

@@ -30,13 +30,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    datapath_config::DatapathSettings,
     error_chain::error_chain,
     health::Health,
     maps::DatapathMaps,
     metrics::{Metrics, SkipLabels},
-    model::{service_frontends, DesiredFrontend, DesiredIndex, ObjectId, Parsed, Skipped},
+    model::{
+        health_check, service_frontends, DesiredFrontend, DesiredIndex, HealthCheck, ObjectId,
+        Parsed, Skipped,
+    },
     node::{NodeInfo, NodeOverrides, ThisNode},
-    report::{self, NodeReport, State, STATE_VERSION},
+    report::{self, AttachmentsReport, NodeReport, State, STATE_VERSION},
     source::{Change, EventReceiver, Snapshot, SourceEvent, Update},
     store::Store,
     sync::{SyncError, SyncMode, SyncReport, Syncer},
@@ -49,7 +53,13 @@ pub struct PipelineConfig {
     pub overrides: NodeOverrides,
     /// The source reports this node's Node: wait for it before the first sync.
     pub expect_node: bool,
+    /// LB_CONFIG settings; the node address is replaced by this node's.
+    pub datapath: DatapathSettings,
 }
+
+/// The health check every externalTrafficPolicy=Local service with a healthCheckNodePort
+/// needs on this node, by service.
+pub type HealthChecks = std::collections::BTreeMap<ObjectId, HealthCheck>;
 
 /// When a change reached the agent, and when it happened if the object says so.
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +103,12 @@ pub struct Pipeline<M> {
     started: Timestamp,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// What the healthCheckNodePort servers must answer; follows every sync.
+    health_checks: watch::Sender<HealthChecks>,
+    /// This node as last merged, for whoever attaches to its uplink.
+    node_tx: watch::Sender<ThisNode>,
+    /// Where the node-side programs are attached, for `/state`.
+    attachments: watch::Receiver<AttachmentsReport>,
 }
 
 impl<M: DatapathMaps> Pipeline<M> {
@@ -103,6 +119,9 @@ impl<M: DatapathMaps> Pipeline<M> {
         health: Arc<Health>,
     ) -> Self {
         let node = ThisNode::merge(&config.node_name, None, &config.overrides);
+        let node_tx = watch::Sender::new(node.clone());
+        let mut syncer = syncer;
+        syncer.set_settings(config.datapath.for_node(&node));
         let listed = Listed {
             node: !config.expect_node,
             ..Default::default()
@@ -121,7 +140,25 @@ impl<M: DatapathMaps> Pipeline<M> {
             started: Timestamp::now(),
             metrics,
             health,
+            health_checks: watch::Sender::new(HealthChecks::new()),
+            node_tx,
+            attachments: watch::channel(AttachmentsReport::default()).1,
         }
+    }
+
+    /// Follows this node (its addresses decide the uplink).
+    pub fn subscribe_node(&self) -> watch::Receiver<ThisNode> {
+        self.node_tx.subscribe()
+    }
+
+    /// Where `/state` reads the attachments from.
+    pub fn set_attachments(&mut self, attachments: watch::Receiver<AttachmentsReport>) {
+        self.attachments = attachments;
+    }
+
+    /// Follows the health checks this node must answer (see [`crate::health_check_ports`]).
+    pub fn subscribe_health_checks(&self) -> watch::Receiver<HealthChecks> {
+        self.health_checks.subscribe()
     }
 
     pub fn syncer(&self) -> &Syncer<M> {
@@ -292,9 +329,12 @@ impl<M: DatapathMaps> Pipeline<M> {
                 eligible = node.eligible,
                 "node"
             );
-            if node.changes_frontends(&self.node) {
+            let settings = self.config.datapath.for_node(&node);
+            if node.changes_frontends(&self.node) || settings != *self.syncer.settings() {
                 self.request_full_resync();
             }
+            self.syncer.set_settings(settings);
+            self.node_tx.send_replace(node.clone());
             self.node = node;
         }
     }
@@ -374,12 +414,17 @@ impl<M: DatapathMaps> Pipeline<M> {
     fn sync_full(&mut self) -> Result<SyncReport, SyncError> {
         let mut index = DesiredIndex::default();
         let mut notes = Vec::new();
+        let mut checks = HealthChecks::new();
         for svc in self.store.services() {
             let slices = self.store.slices_of(&svc.id);
             let (frontends, n) = service_frontends(svc, &slices, &self.node);
             notes.extend(n);
             index.set_service(&svc.id, frontends);
+            if let Some(check) = health_check(svc, &slices) {
+                checks.insert(svc.id.clone(), check);
+            }
         }
+        self.publish_health_checks(|all| *all = checks);
         notes.extend(index.conflicts());
         self.note(&notes);
         self.index = index;
@@ -396,6 +441,7 @@ impl<M: DatapathMaps> Pipeline<M> {
         let mut keys: BTreeSet<FrontendKey> = BTreeSet::new();
         let mut notes = Vec::new();
         let dirty: Vec<ObjectId> = self.dirty.keys().cloned().collect();
+        let mut checks: Vec<(ObjectId, Option<HealthCheck>)> = Vec::new();
         for id in &dirty {
             match self.store.service(id) {
                 Some(svc) => {
@@ -403,10 +449,22 @@ impl<M: DatapathMaps> Pipeline<M> {
                     let (frontends, n) = service_frontends(svc, &slices, &self.node);
                     notes.extend(n);
                     keys.extend(self.index.set_service(id, frontends));
+                    checks.push((id.clone(), health_check(svc, &slices)));
                 }
-                None => keys.extend(self.index.remove_service(id)),
+                None => {
+                    keys.extend(self.index.remove_service(id));
+                    checks.push((id.clone(), None));
+                }
             }
         }
+        self.publish_health_checks(|all| {
+            for (id, check) in checks {
+                match check {
+                    Some(c) => all.insert(id, c),
+                    None => all.remove(&id),
+                };
+            }
+        });
         notes.extend(self.index.conflicts_in(&keys));
         self.note(&notes);
         let index = &self.index;
@@ -415,6 +473,16 @@ impl<M: DatapathMaps> Pipeline<M> {
             .map(|k| (*k, index.get(k).filter(|f| f.is_programmed())))
             .collect();
         self.syncer.sync_changes(&changes)
+    }
+
+    /// Applies `change` to the health checks; subscribers hear of it only if it changed
+    /// anything.
+    fn publish_health_checks(&self, change: impl FnOnce(&mut HealthChecks)) {
+        self.health_checks.send_if_modified(|all| {
+            let before = all.clone();
+            change(all);
+            *all != before
+        });
     }
 
     /// One sample per touched service: from its trigger time (wall clock) when the slice
@@ -467,6 +535,7 @@ impl<M: DatapathMaps> Pipeline<M> {
                     report::frontend_report(k, f, id)
                 })
                 .collect(),
+            attachments: self.attachments.borrow().clone(),
         }
     }
 }

@@ -4,21 +4,29 @@
 //! programs a service"): every backend a slot will name exists before the slot is written,
 //! every slot below a frontend's new count exists before the count is written, and nothing
 //! a frontend may still reach is removed until the frontend no longer reaches it. So the
-//! writes go: backends, slots, frontends, then removal of stale frontends, slots and
-//! backends, in that order. Only differences are written.
+//! writes go: backends, slots, source ranges, frontends, then removal of stale frontends,
+//! slots, source ranges and backends, in that order. Only differences are written. Source
+//! ranges are in place before the frontend that asks for them (a frontend with
+//! `SOURCE_RANGES` and no entry admits nobody), and removed only after it.
 //!
 //! Ids come from the maps: a frontend keeps the service id it already has, and a backend
 //! (address, port, protocol) keeps its backend id, so a restarted agent changes nothing.
+//!
+//! Service ids are per frontend key: no two frontends share one, not even the ClusterIP and
+//! NodePort frontends of one service port whose backends are the same. So two frontends
+//! with different backend sets (an externalTrafficPolicy=Local entry and its internal twin,
+//! an internalTrafficPolicy=Local ClusterIP and the NodePort with all endpoints) can never
+//! share slots, conntrack entries, affinity entries or source ranges.
 
 use std::collections::{btree_map::Entry, BTreeMap, BTreeSet};
 
-use lb_common::{proto, Backend, BackendId, BackendSlotKey, Frontend, FrontendKey};
+use lb_common::{proto, Backend, BackendId, BackendSlotKey, Frontend, FrontendKey, SourceRange};
 
 use crate::{
     conntrack::StaleFlows,
     ids::{Exhausted, IdAllocator},
-    maps::MapState,
-    model::DesiredView,
+    maps::{MapState, RangeKey},
+    model::{DesiredFrontend, DesiredView},
 };
 
 /// One map write.
@@ -30,6 +38,8 @@ pub enum Write {
     DeleteFrontend(FrontendKey),
     DeleteSlot(BackendSlotKey),
     DeleteBackend(BackendId),
+    PutSourceRange(RangeKey),
+    DeleteSourceRange(RangeKey),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,8 +75,10 @@ pub fn plan(actual: &MapState, desired: &DesiredView<'_>) -> Result<Plan, PlanEr
     let mut want_backends: BTreeMap<BackendId, Backend> = BTreeMap::new();
     let mut want_slots: BTreeMap<BackendSlotKey, BackendId> = BTreeMap::new();
     let mut want_frontends: BTreeMap<FrontendKey, Frontend> = BTreeMap::new();
+    let mut want_ranges: BTreeSet<RangeKey> = BTreeSet::new();
     for (key, f) in desired {
         let service_id = service_ids[key];
+        want_ranges.extend(range_keys(service_id, f));
         let backend_count =
             u16::try_from(f.backends.len()).map_err(|_| PlanError::TooManyBackends {
                 name: f.name.clone(),
@@ -101,6 +113,11 @@ pub fn plan(actual: &MapState, desired: &DesiredView<'_>) -> Result<Plan, PlanEr
             writes.push(Write::PutSlot(*k, *id));
         }
     }
+    writes.extend(
+        want_ranges
+            .difference(&actual.source_ranges)
+            .map(|k| Write::PutSourceRange(*k)),
+    );
     for (k, f) in &want_frontends {
         if actual.frontends.get(k) != Some(f) {
             writes.push(Write::PutFrontend(*k, *f));
@@ -122,6 +139,12 @@ pub fn plan(actual: &MapState, desired: &DesiredView<'_>) -> Result<Plan, PlanEr
     );
     writes.extend(
         actual
+            .source_ranges
+            .difference(&want_ranges)
+            .map(|k| Write::DeleteSourceRange(*k)),
+    );
+    writes.extend(
+        actual
             .backends
             .keys()
             .filter(|id| !want_backends.contains_key(id))
@@ -135,9 +158,22 @@ pub fn plan(actual: &MapState, desired: &DesiredView<'_>) -> Result<Plan, PlanEr
     })
 }
 
+/// The source-range trie keys of frontend `f` under `service_id`: none without the
+/// `SOURCE_RANGES` flag.
+pub(crate) fn range_keys(
+    service_id: u32,
+    f: &DesiredFrontend,
+) -> impl Iterator<Item = RangeKey> + '_ {
+    let restricted = f.flags & lb_common::frontend::flags::SOURCE_RANGES != 0;
+    f.source_ranges
+        .iter()
+        .filter(move |_| restricted)
+        .map(move |c| SourceRange::range(service_id, c.addr, c.prefix_len))
+}
+
 /// Each desired frontend's service id: the one the maps already hold for it, else the
-/// lowest id that neither a frontend nor a slot uses (so a new service never inherits a
-/// stale one's slots or conntrack entries while they still exist).
+/// lowest id that no frontend, slot or source range uses (so a new service never inherits
+/// a stale one's slots, ranges or conntrack entries while they still exist).
 fn assign_service_ids(
     actual: &MapState,
     desired: &DesiredView<'_>,
@@ -147,7 +183,8 @@ fn assign_service_ids(
             .frontends
             .values()
             .map(|f| f.service_id)
-            .chain(actual.slots.keys().map(|k| k.service_id)),
+            .chain(actual.slots.keys().map(|k| k.service_id))
+            .chain(actual.source_ranges.iter().map(|(_, r)| r.service_id())),
     );
     let mut claimed = BTreeSet::new();
     let mut ids = BTreeMap::new();
@@ -253,6 +290,7 @@ mod tests {
                         affinity_timeout_s: 0,
                         policy: Default::default(),
                         backends: b.clone(),
+                        source_ranges: Vec::new(),
                     };
                     (*k, f)
                 })

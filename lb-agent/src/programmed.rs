@@ -18,9 +18,9 @@ use lb_common::{proto, Backend, BackendId, BackendSlotKey, Frontend, FrontendKey
 use crate::{
     conntrack::StaleFlows,
     ids::IdAllocator,
-    maps::MapState,
+    maps::{MapState, RangeKey},
     model::{DesiredFrontend, DesiredView},
-    plan::{tuple, Plan, PlanError, Tuple, Write},
+    plan::{range_keys, tuple, Plan, PlanError, Tuple, Write},
 };
 
 /// Entries per service map, as the syncer knows them.
@@ -37,6 +37,8 @@ struct ProgrammedFrontend {
     /// Slot `i + 1` holds `uses[i].0`; `uses[i].1` is the backend flags this frontend asks
     /// for (a shared backend carries the union of what its users ask).
     uses: Vec<(BackendId, u8)>,
+    /// Its LB_SRC_RANGES entries (under its service id), sorted.
+    ranges: Vec<RangeKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,8 +91,14 @@ impl Programmed {
         let mut frontends = HashMap::with_capacity(desired.len());
         let mut uses_of: HashMap<BackendId, (u32, [u32; 8])> = HashMap::new();
         let mut slots = 0;
+        let mut range_count = 0;
         for (key, want) in desired {
             let value = *state.frontends.get(key)?;
+            let ranges = sorted_ranges(value.service_id, want);
+            if !ranges.iter().all(|r| state.source_ranges.contains(r)) {
+                return None;
+            }
+            range_count += ranges.len();
             if usize::from(value.backend_count) != want.backends.len() {
                 return None;
             }
@@ -110,9 +118,16 @@ impl Programmed {
                 uses.push((id, b.flags));
             }
             slots += uses.len();
-            frontends.insert(*key, ProgrammedFrontend { value, uses });
+            frontends.insert(
+                *key,
+                ProgrammedFrontend {
+                    value,
+                    uses,
+                    ranges,
+                },
+            );
         }
-        if state.slots.len() != slots {
+        if state.slots.len() != slots || state.source_ranges.len() != range_count {
             return None;
         }
         let mut backends = HashMap::with_capacity(state.backends.len());
@@ -180,9 +195,11 @@ impl Programmed {
         }
 
         let mut put_slots = Vec::new();
+        let mut put_ranges = Vec::new();
         let mut put_frontends = Vec::new();
         let mut delete_frontends = Vec::new();
         let mut delete_slots = Vec::new();
+        let mut delete_ranges = Vec::new();
         let mut touched: BTreeSet<BackendId> = BTreeSet::new();
         let mut freed_service_ids = Vec::new();
         let mut stale = StaleFlows::default();
@@ -202,6 +219,7 @@ impl Programmed {
                     touched.insert(*id);
                 }
                 self.slots -= old.uses.len();
+                delete_ranges.extend(old.ranges.iter().map(|r| Write::DeleteSourceRange(*r)));
                 freed_service_ids.push(sid);
                 if key.proto == proto::UDP {
                     stale.services.insert(sid);
@@ -250,6 +268,23 @@ impl Programmed {
                     }
                 }
             }
+            let ranges = sorted_ranges(service_id, want);
+            let old_ranges = old
+                .as_ref()
+                .map(|o| o.ranges.as_slice())
+                .unwrap_or_default();
+            put_ranges.extend(
+                ranges
+                    .iter()
+                    .filter(|r| old_ranges.binary_search(r).is_err())
+                    .map(|r| Write::PutSourceRange(*r)),
+            );
+            delete_ranges.extend(
+                old_ranges
+                    .iter()
+                    .filter(|r| ranges.binary_search(r).is_err())
+                    .map(|r| Write::DeleteSourceRange(*r)),
+            );
             let value = Frontend {
                 service_id,
                 backend_count: count,
@@ -261,8 +296,14 @@ impl Programmed {
                 put_frontends.push(Write::PutFrontend(*key, value));
             }
             self.slots = self.slots - old_uses.len() + uses.len();
-            self.frontends
-                .insert(*key, ProgrammedFrontend { value, uses });
+            self.frontends.insert(
+                *key,
+                ProgrammedFrontend {
+                    value,
+                    uses,
+                    ranges,
+                },
+            );
         }
 
         let mut put_backends = Vec::new();
@@ -302,9 +343,11 @@ impl Programmed {
 
         let mut writes = put_backends;
         writes.extend(put_slots);
+        writes.extend(put_ranges);
         writes.extend(put_frontends);
         writes.extend(delete_frontends);
         writes.extend(delete_slots);
+        writes.extend(delete_ranges);
         writes.extend(delete_backends);
         Ok(Plan {
             writes,
@@ -340,4 +383,12 @@ impl Programmed {
             b.count(flags, delta);
         }
     }
+}
+
+/// A frontend's source-range entries under `service_id`, sorted (for binary search).
+fn sorted_ranges(service_id: u32, f: &DesiredFrontend) -> Vec<RangeKey> {
+    let mut ranges: Vec<RangeKey> = range_keys(service_id, f).collect();
+    ranges.sort();
+    ranges.dedup();
+    ranges
 }

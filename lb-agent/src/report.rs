@@ -35,6 +35,10 @@
 //! - `flags` are the raw [`lb_common::frontend::flags`] / [`lb_common::backend::flags`]
 //!   bits; `flagNames`, `terminating` and `local` decode them.
 //! - `synced` is false until the first full sync; the desired state may then be partial.
+//! - `sourceRanges` (LoadBalancer frontends with the `SourceRanges` flag) lists the client
+//!   prefixes LB_SRC_RANGES holds under the frontend's service id.
+//! - `attachments`: `{"uplink": "eth0", "xdpMode": "native", "socketLbCgroup":
+//!   "/sys/fs/cgroup"}`; `xdpMode` is `native`, `generic`, `off` or `none`.
 //!
 //! New fields may be added without changing `version`; readers must ignore unknown fields.
 
@@ -60,6 +64,23 @@ pub struct State {
     /// Services the agent serves (parsed and not skipped).
     pub services: usize,
     pub frontends: Vec<FrontendReport>,
+    /// Where the node-side programs are attached (absent from older agents).
+    #[serde(default)]
+    pub attachments: AttachmentsReport,
+}
+
+/// The uplink, XDP and socket-level attachments of the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentsReport {
+    /// The interface `lb_from_net` (and `lb_xdp`) are attached to; absent until known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// `native`, `generic`, `off` (as asked), or `none` (not attached yet, or failed).
+    pub xdp_mode: String,
+    /// The cgroup the socket programs are attached to; absent when socket LB is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_lb_cgroup: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +167,10 @@ pub struct FrontendReport {
     pub policy: PolicyReport,
     /// In slot order: `backends[i]` belongs in slot `i + 1`.
     pub backends: Vec<BackendReport>,
+    /// With the `SourceRanges` flag: the admitted client prefixes (`192.0.2.0/24`), all
+    /// in LB_SRC_RANGES under the frontend's service id; none admits nobody.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<String>,
 }
 
 impl FrontendReport {
@@ -228,6 +253,7 @@ pub fn frontend_report(
                 local: b.flags & backend::flags::LOCAL != 0,
             })
             .collect(),
+        source_ranges: f.source_ranges.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -271,6 +297,11 @@ mod tests {
                 .iter()
                 .map(|(k, f)| frontend_report(k, f, Some(3)))
                 .collect(),
+            attachments: AttachmentsReport {
+                uplink: Some("eth0".into()),
+                xdp_mode: "native".into(),
+                socket_lb_cgroup: None,
+            },
         };
         let json: serde_json::Value = serde_json::to_value(&state).expect("serialize");
         let expected = serde_json::json!({
@@ -288,7 +319,8 @@ mod tests {
                            "publishNotReadyAddresses": false, "topologyAware": false},
                 "backends": [{"address": "10.244.1.2", "port": 8080, "protocol": "TCP",
                               "flags": 2, "terminating": false, "local": true}]
-            }]
+            }],
+            "attachments": {"uplink": "eth0", "xdpMode": "native"}
         });
         assert_eq!(json, expected);
         let back: State = serde_json::from_value(json).expect("deserialize");

@@ -237,6 +237,7 @@ mod tests {
                 synced: true,
                 services: 0,
                 frontends: vec![],
+                attachments: Default::default(),
             });
         });
         let r = routes.respond(&Method::GET, "/state").await;

@@ -18,10 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Config, FrontendKey, ServiceName};
+use lb_common::{FrontendKey, ServiceName};
 
 use crate::{
     conntrack::StaleFlows,
+    datapath_config::DatapathSettings,
     maps::{DatapathMaps, MapState, MapsError},
     model::{DesiredFrontend, DesiredState, DesiredView},
     plan::{plan, PlanError, Write},
@@ -74,7 +75,10 @@ pub struct SyncReport {
 /// Owns the maps and keeps them in step with desired states.
 pub struct Syncer<M> {
     maps: M,
-    seed_checked: bool,
+    /// What LB_CONFIG must hold besides the seed.
+    settings: DatapathSettings,
+    /// LB_CONFIG has the seed and `settings`; cleared when the settings change.
+    config_checked: bool,
     /// What the maps hold; `None` until a full sync succeeds, and after any failed write.
     programmed: Option<Programmed>,
     /// What LB_SVC_NAMES holds, once a full sync has read it.
@@ -85,10 +89,23 @@ impl<M: DatapathMaps> Syncer<M> {
     pub fn new(maps: M) -> Self {
         Self {
             maps,
-            seed_checked: false,
+            settings: DatapathSettings::default(),
+            config_checked: false,
             programmed: None,
             names: HashMap::new(),
         }
+    }
+
+    /// The LB_CONFIG settings to write at the next sync (only if they changed).
+    pub fn set_settings(&mut self, settings: DatapathSettings) {
+        if settings != self.settings {
+            self.settings = settings;
+            self.config_checked = false;
+        }
+    }
+
+    pub fn settings(&self) -> &DatapathSettings {
+        &self.settings
     }
 
     pub fn maps(&self) -> &M {
@@ -125,7 +142,7 @@ impl<M: DatapathMaps> Syncer<M> {
     pub fn full_sync(&mut self, desired: &DesiredView<'_>) -> Result<SyncReport, SyncError> {
         let started = Instant::now();
         self.programmed = None;
-        let mut writes = self.check_seed()?;
+        let mut writes = self.check_config()?;
         let mut state = MapState::read(&self.maps)?;
         let plan = plan(&state, desired)?;
         for write in &plan.writes {
@@ -164,7 +181,13 @@ impl<M: DatapathMaps> Syncer<M> {
             .map(|(k, _)| programmed.frontend(k).map(|f| f.service_id))
             .collect();
         let plan = programmed.plan_changes(changes)?;
-        let mut writes = 0;
+        let mut writes = match self.check_config() {
+            Ok(n) => n,
+            Err(e) => {
+                self.programmed = Some(programmed);
+                return Err(e);
+            }
+        };
         for write in &plan.writes {
             // On error the record is dropped: the maps are between two states.
             self.apply(write)?;
@@ -241,12 +264,12 @@ impl<M: DatapathMaps> Syncer<M> {
         Ok(writes)
     }
 
-    fn check_seed(&mut self) -> Result<usize, SyncError> {
-        if self.seed_checked {
+    fn check_config(&mut self) -> Result<usize, SyncError> {
+        if self.config_checked {
             return Ok(0);
         }
-        let writes = self.ensure_hash_seed()?;
-        self.seed_checked = true;
+        let writes = self.write_config()?;
+        self.config_checked = true;
         Ok(writes)
     }
 
@@ -259,26 +282,24 @@ impl<M: DatapathMaps> Syncer<M> {
             Write::DeleteFrontend(k) => m.delete_frontend(k),
             Write::DeleteSlot(k) => m.delete_slot(k),
             Write::DeleteBackend(id) => m.delete_backend(*id),
+            Write::PutSourceRange(k) => m.put_source_range(k),
+            Write::DeleteSourceRange(k) => m.delete_source_range(k),
         }
     }
 
-    /// Gives the datapath a random flow-hash seed the first time the maps are used; a seed
-    /// already there is kept, so flows hash the same across agent restarts.
-    fn ensure_hash_seed(&mut self) -> Result<usize, SyncError> {
+    /// Writes the settings into LB_CONFIG if it holds others, and gives the datapath a
+    /// random flow-hash seed the first time the maps are used; a seed already there is
+    /// kept, so flows hash the same across agent restarts.
+    fn write_config(&mut self) -> Result<usize, SyncError> {
         let config = self.maps.config()?;
-        if config.hash_seed != 0 {
+        let mut want = self.settings.apply(config);
+        while want.hash_seed == 0 {
+            want.hash_seed = getrandom::u32().map_err(SyncError::Random)?;
+        }
+        if want == config {
             return Ok(0);
         }
-        let hash_seed = loop {
-            match getrandom::u32().map_err(SyncError::Random)? {
-                0 => continue,
-                seed => break seed,
-            }
-        };
-        self.maps.set_config(&Config {
-            hash_seed,
-            ..config
-        })?;
+        self.maps.set_config(&want)?;
         Ok(1)
     }
 
@@ -348,6 +369,8 @@ mod tests {
                 Op::Service(Write::DeleteFrontend(..)) => "delete frontend",
                 Op::Service(Write::DeleteSlot(..)) => "delete slot",
                 Op::Service(Write::DeleteBackend(..)) => "delete backend",
+                Op::Service(Write::PutSourceRange(..)) => "put source range",
+                Op::Service(Write::DeleteSourceRange(..)) => "delete source range",
                 Op::DeleteConntrack(..) => "delete conntrack",
                 Op::SetConfig(..) => "set config",
                 Op::PutName(..) => "put name",
@@ -537,12 +560,50 @@ mod tests {
 
     #[test]
     fn an_existing_hash_seed_is_kept() {
-        let mut maps = MemoryMaps::default();
-        maps.config.hash_seed = 42;
+        let maps = MemoryMaps {
+            config: DatapathSettings::default().apply(lb_common::Config {
+                hash_seed: 42,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let mut syncer = Syncer::new(maps);
         syncer.sync(&DesiredState::default()).expect("sync");
         assert_eq!(syncer.maps().config.hash_seed, 42);
         assert!(syncer.maps().log.is_empty());
+    }
+
+    #[test]
+    fn changed_settings_are_written_once_with_the_seed_kept() {
+        use crate::datapath_config::SnatPortRange;
+        let state = desired(&[web("TCP")], &[endpoints("TCP", &["10.244.1.2"])]);
+        let mut syncer = synced(&state);
+        let seed = syncer.maps.config.hash_seed;
+        let settings = DatapathSettings {
+            node_addr: Some([172, 18, 0, 3].into()),
+            cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+            snat_ports: SnatPortRange {
+                min: 62_000,
+                max: 62_999,
+            },
+        };
+        syncer.set_settings(settings);
+        // An incremental sync with nothing else to do writes the config alone.
+        let report = syncer.sync_changes(&[]).expect("sync");
+        assert_eq!(kinds(&syncer.maps.take_log()), ["set config"]);
+        assert_eq!(report.writes, 1);
+        let c = syncer.maps.config;
+        assert_eq!(c.hash_seed, seed);
+        assert_eq!(
+            lb_common::addr_from_be(c.node_addr),
+            std::net::Ipv4Addr::new(172, 18, 0, 3)
+        );
+        assert_eq!((c.snat_port_min, c.snat_port_max), (62_000, 62_999));
+        assert!(c.in_cluster(lb_common::addr_be([10, 244, 7, 1].into())));
+        // The same settings again: nothing to write.
+        syncer.set_settings(settings);
+        syncer.sync(&state).expect("sync");
+        assert!(syncer.maps.take_log().is_empty());
     }
 
     /// A flow's forward and reply entries as the datapath writes them.
@@ -644,5 +705,122 @@ mod tests {
             .expect("sync");
         assert_eq!(report.conntrack_deleted, 2);
         assert_eq!(syncer.maps.conntrack, kept_flow.into_iter().collect());
+    }
+
+    fn lb(ranges: &[&str]) -> DesiredState {
+        let svc = service("shop", "web", "10.96.0.10")
+            .port("p", 80, "TCP")
+            .type_("LoadBalancer")
+            .load_balancer_ingress(&["198.51.100.7"], None)
+            .source_ranges(ranges)
+            .build();
+        desired(&[svc], &[endpoints("TCP", &["10.244.1.2"])])
+    }
+
+    fn lb_key() -> FrontendKey {
+        FrontendKey::new([198, 51, 100, 7].into(), 80, proto::TCP)
+    }
+
+    /// The ranges the maps hold, as (service id, cidr).
+    fn ranges(m: &MemoryMaps) -> Vec<(u32, String)> {
+        m.source_ranges
+            .iter()
+            .map(|(len, r)| {
+                let (a, p) = r.cidr(*len);
+                (r.service_id(), format!("{a}/{p}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_ranges_go_in_before_their_frontend_and_out_after_it() {
+        let mut syncer = Syncer::new(MemoryMaps::default());
+        syncer
+            .sync(&lb(&["10.0.0.0/8", "192.0.2.0/24"]))
+            .expect("sync");
+        let log = kinds(&syncer.maps.take_log());
+        let first_frontend = log
+            .iter()
+            .position(|k| *k == "put frontend")
+            .expect("frontend");
+        let ranges_at: Vec<usize> = (0..log.len())
+            .filter(|i| log[*i] == "put source range")
+            .collect();
+        assert_eq!(ranges_at.len(), 2);
+        assert!(ranges_at.iter().all(|i| *i < first_frontend), "{log:?}");
+        let sid = syncer.maps.frontends[&lb_key()].service_id;
+        assert_eq!(
+            ranges(&syncer.maps),
+            [(sid, "10.0.0.0/8".into()), (sid, "192.0.2.0/24".into())]
+        );
+        // The ClusterIP frontend has none.
+        assert_eq!(syncer.maps.source_ranges.len(), 2);
+
+        // One range replaced: one put, one delete, the frontend untouched.
+        syncer
+            .sync(&lb(&["10.0.0.0/8", "203.0.113.0/24"]))
+            .expect("sync");
+        assert_eq!(
+            kinds(&syncer.maps.take_log()),
+            ["put source range", "delete source range"]
+        );
+        // The service goes: its ranges are deleted after its frontends.
+        syncer.sync(&DesiredState::default()).expect("sync");
+        let log = kinds(&syncer.maps.take_log());
+        let last_frontend = log
+            .iter()
+            .rposition(|k| *k == "delete frontend")
+            .expect("frontend");
+        let first_range = log
+            .iter()
+            .position(|k| *k == "delete source range")
+            .expect("range");
+        assert!(last_frontend < first_range, "{log:?}");
+        assert!(syncer.maps.source_ranges.is_empty());
+    }
+
+    #[test]
+    fn incremental_source_range_changes_end_where_a_full_sync_would() {
+        let before = lb(&["10.0.0.0/8"]);
+        let mut syncer = synced(&before);
+        for after in [
+            lb(&["10.0.0.0/8", "192.0.2.0/24"]),
+            lb(&["192.0.2.0/24"]),
+            lb(&[]),
+            lb(&["bogus"]),
+            lb(&["10.0.0.0/8"]),
+        ] {
+            let view = after.programmed();
+            let keys: std::collections::BTreeSet<FrontendKey> = view
+                .keys()
+                .chain(syncer.maps.frontends.keys())
+                .copied()
+                .collect();
+            let changes: Vec<_> = keys.iter().map(|k| (*k, view.get(k).copied())).collect();
+            syncer.sync_changes(&changes).expect("incremental");
+            let mut full = Syncer::new(syncer.maps.clone());
+            assert_eq!(full.sync(&after).expect("full").writes, 0, "{after:?}");
+        }
+        // Fail closed: the frontend keeps its flag with no range at all.
+        let lb_frontend = syncer.maps.frontends[&lb_key()];
+        assert_ne!(
+            lb_frontend.flags & lb_common::frontend::flags::SOURCE_RANGES,
+            0
+        );
+        assert_eq!(ranges(&syncer.maps).len(), 1);
+    }
+
+    #[test]
+    fn a_stale_source_range_keeps_its_service_id_from_being_reused() {
+        let mut maps = MemoryMaps::default();
+        maps.source_ranges
+            .insert(lb_common::SourceRange::range(1, [10, 0, 0, 0].into(), 8));
+        let mut syncer = Syncer::new(maps);
+        syncer.sync(&desired(&[web("TCP")], &[])).expect("sync");
+        assert_eq!(syncer.maps.frontends[&fe(proto::TCP)].service_id, 2);
+        assert!(
+            syncer.maps.source_ranges.is_empty(),
+            "the stale range is removed"
+        );
     }
 }

@@ -646,6 +646,13 @@ impl Lab {
             pin_dir.into(),
             "--ready-file".into(),
             self.state.ready_file(&node.name).into(),
+            "--cluster-cidr".into(),
+            "10.244.0.0/16".into(),
+            // The lab has no cgroup of its own per node yet: the default (the machine's
+            // cgroup2 root) would put the socket programs under every process on the
+            // machine, outside the lab.
+            "--socket-lb".into(),
+            "false".into(),
         ]);
         args.extend(extra.iter().map(OsString::from));
         process::spawn(&DaemonSpec {

@@ -12,6 +12,17 @@
 //! next agent adopts each pinned link by swapping its program for the newly loaded one with
 //! BPF_LINK_UPDATE: one atomic step, so no packet ever goes untranslated or sees two
 //! programs.
+//!
+//! The node's own side lives in submodules: [`uplink`] (`lb_from_net` with tcx on the
+//! uplink, and which interface that is), [`xdp`] (`lb_xdp` on the uplink, native or
+//! generic), [`cgroup`] (the socket-level programs on the cgroup2 hierarchy), with the
+//! raw BPF commands aya does not expose in [`sys`].
+
+pub mod cgroup;
+pub mod node;
+pub mod sys;
+pub mod uplink;
+pub mod xdp;
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +50,7 @@ pub enum AttachError {
     UnknownInterface(String),
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
-    #[error("attaching {program} to {iface} ({direction}) failed")]
+    #[error("attaching {program} to {iface} ({direction}) failed; tcx needs Linux 6.6 or later, and root or CAP_BPF with CAP_NET_ADMIN")]
     Attach {
         program: &'static str,
         iface: String,
@@ -53,15 +64,26 @@ pub enum AttachError {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("loading {program} failed")]
+    Load {
+        program: &'static str,
+        source: Box<ProgramError>,
+    },
     #[error("cannot use the links directory {path}")]
     LinksDir {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Uplink(#[from] uplink::UplinkError),
+    #[error(transparent)]
+    Xdp(#[from] xdp::XdpAttachError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
 }
 
 /// One program's hold on an interface.
-enum Held {
+pub(crate) enum Held {
     /// Detached when dropped.
     Owned(#[allow(dead_code)] SchedClassifierLink),
     /// Stays attached through its pin; removing the pin detaches.
@@ -284,15 +306,15 @@ impl Attacher {
 
 /// bpffs refuses names with a dot (reserved for its own files), and interface names may
 /// have one (`eth0.100`) but never a colon.
-fn pin_name(iface: &str) -> String {
+pub(crate) fn pin_name(iface: &str) -> String {
     iface.replace('.', ":")
 }
 
-fn iface_of_pin(pin: &str) -> String {
+pub(crate) fn iface_of_pin(pin: &str) -> String {
     pin.replace(':', ".")
 }
 
-fn pin_err(
+pub(crate) fn pin_err(
     program: &'static str,
     iface: &str,
     path: &Path,
@@ -307,7 +329,7 @@ fn pin_err(
 }
 
 /// Points the pinned link at `path` at this agent's `program`, atomically.
-fn adopt(
+pub(crate) fn adopt(
     ebpf: &mut Ebpf,
     program: &'static str,
     path: &Path,
@@ -331,13 +353,13 @@ fn release(attachment: Attachment) {
     }
 }
 
-fn release_one(held: Held) {
+pub(crate) fn release_one(held: Held) {
     if let Held::Pinned(pinned) = held {
         let _ = pinned.unpin();
     }
 }
 
-fn attach_one(
+pub(crate) fn attach_one(
     ebpf: &mut Ebpf,
     program: &'static str,
     iface: &str,

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 
 use super::{
+    attachments,
     conntrack::{self, BackendSelector, FilterError, FlowFilter, ServiceSelector},
     desired::{self, FetchError},
     diff,
@@ -56,7 +57,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConntrackCommand,
     },
-    /// Packets by reason (translated, passed, dropped), summed over CPUs.
+    /// Packets by reason (translated, passed, rejected, dropped), summed over CPUs, and
+    /// where the programs are attached (uplink, XDP mode, socket LB).
     Stats {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
@@ -165,6 +167,13 @@ pub fn run(args: Args) -> Result<Outcome, CtlError> {
             let snapshot = pinned::read(dir, &dump::maps_for(&sections))?;
             let now = now()?;
             match output {
+                // The whole dump starts with where the programs are attached.
+                Format::Table if map.is_none() => format!(
+                    "{}
+{}",
+                    attachments::render(&attachments::read(dir)),
+                    dump::tables(&snapshot, &sections, now)
+                ),
                 Format::Table => dump::tables(&snapshot, &sections, now),
                 Format::Json => json(&dump::dump(&snapshot, &sections, now))?,
             }
@@ -209,7 +218,8 @@ pub fn run(args: Args) -> Result<Outcome, CtlError> {
         Command::Stats { output } => {
             let snapshot = pinned::read(dir, &[MapId::Counters])?;
             pinned::require(&snapshot, &[MapId::Counters])?;
-            let s = stats::stats(&snapshot.counters);
+            let mut s = stats::stats(&snapshot.counters);
+            s.attachments = Some(attachments::read(dir));
             match output {
                 Format::Table => stats::render(&s),
                 Format::Json => json(&s)?,

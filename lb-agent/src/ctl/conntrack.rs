@@ -11,7 +11,11 @@ use std::{
     str::FromStr,
 };
 
-use lb_common::{addr_from_be, conntrack::dir, CtEntry, CtKey};
+use lb_common::{
+    addr_from_be,
+    conntrack::{ct_flags, dir},
+    CtEntry, CtKey,
+};
 use serde::Serialize;
 
 use super::{
@@ -43,13 +47,19 @@ pub fn forward_key(key: &CtKey, entry: &CtEntry) -> Option<CtKey> {
 }
 
 /// The reply key the datapath writes beside a forward entry: replies come from the chosen
-/// backend back to the client.
+/// backend back to the client, or, for a masqueraded flow, back to the address and port the
+/// client was given.
 pub fn reply_key(forward: &CtKey, entry: &CtEntry) -> CtKey {
+    let (to, to_port) = if entry.flags & ct_flags::SNAT != 0 {
+        (entry.snat_addr, entry.snat_port)
+    } else {
+        (forward.saddr, forward.sport)
+    };
     CtKey::new(
         entry.nat_addr,
-        forward.saddr,
+        to,
         entry.nat_port,
-        forward.sport,
+        to_port,
         forward.proto,
         dir::REPLY,
     )
@@ -77,6 +87,18 @@ impl Flow {
             (Some(f), _) => (f.nat_addr, f.nat_port),
             (None, Some((k, _))) => (k.saddr, k.sport),
             (None, None) => (0, 0),
+        }
+    }
+
+    /// The masquerade source (host-order port): the forward entry's, else the reply
+    /// entry's destination.
+    pub fn snat(&self) -> Option<(Ipv4Addr, u16)> {
+        match (self.forward, self.replies.first()) {
+            (Some(f), _) => super::dump::snat(&f),
+            (None, Some((k, e))) if e.flags & ct_flags::SNAT != 0 => {
+                Some((addr_from_be(k.daddr), u16::from_be(k.dport)))
+            }
+            _ => None,
         }
     }
 
@@ -250,6 +272,11 @@ pub struct FlowRecord {
     pub protocol: String,
     pub backend_address: Ipv4Addr,
     pub backend_port: u16,
+    /// The source the client was masqueraded to (`None`: the backend sees the client).
+    pub snat_address: Option<Ipv4Addr>,
+    pub snat_port: Option<u16>,
+    /// `snat`, `north-south`, `hairpin`.
+    pub flags: Vec<&'static str>,
     pub service_id: u32,
     /// `None` when the agent recorded no name for the service.
     pub service: Option<String>,
@@ -282,6 +309,9 @@ impl FlowRecord {
             protocol: protocol_name(k.proto),
             backend_address: addr_from_be(backend_addr),
             backend_port: u16::from_be(backend_port),
+            snat_address: flow.snat().map(|(a, _)| a),
+            snat_port: flow.snat().map(|(_, p)| p),
+            flags: ct_flags::names(entry.flags).collect(),
             service_id: entry.service_id,
             service: snapshot.service_name(entry.service_id).map(str::to_owned),
             backend_id: entry.backend_id,
@@ -320,7 +350,7 @@ pub fn list_table(snapshot: &Snapshot, filter: &FlowFilter, now_ns: u64) -> Tabl
     let mut t = Table::titled(
         "FLOWS",
         &[
-            "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "STATE", "AGE", "IDLE", "ENTRIES",
+            "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "STATE", "AGE", "IDLE", "ENTRIES",
         ],
     );
     if let Some(u) = snapshot.unavailable(MapId::Conntrack) {
@@ -352,6 +382,8 @@ pub fn list_table(snapshot: &Snapshot, filter: &FlowFilter, now_ns: u64) -> Tabl
                 endpoint(backend_addr, backend_port, None),
                 entry.backend_id
             ),
+            flow.snat()
+                .map_or_else(|| "-".into(), |(a, p)| format!("{a}:{p}")),
             snapshot.service_label(entry.service_id),
             state,
             human_duration(now_ns.saturating_sub(entry.created_ns)),
@@ -532,9 +564,9 @@ mod tests {
         let t = list_table(&sample(), &FlowFilter::default(), NOW).to_string();
         let expected = "\
 FLOWS (2)
-CLIENT            FRONTEND           BACKEND               SERVICE              STATE        AGE    IDLE  ENTRIES
-10.244.1.5:40000  10.96.0.10:80/TCP  10.244.1.2:8080 (#1)  default/echo:http    ESTABLISHED  1m40s  10s   forward+reply
-10.244.2.9:33000  10.96.0.53:53/UDP  10.244.1.3:53 (#3)    kube-system/dns:dns  UDP          50s    5s    forward
+CLIENT            FRONTEND           BACKEND               SNAT  SERVICE              STATE        AGE    IDLE  ENTRIES
+10.244.1.5:40000  10.96.0.10:80/TCP  10.244.1.2:8080 (#1)  -     default/echo:http    ESTABLISHED  1m40s  10s   forward+reply
+10.244.2.9:33000  10.96.0.53:53/UDP  10.244.1.3:53 (#3)    -     kube-system/dns:dns  UDP          50s    5s    forward
 ";
         assert_eq!(t, expected);
     }
@@ -597,5 +629,82 @@ CLIENT            FRONTEND           BACKEND               SERVICE              
         let report = flush(&s, &FlowFilter::default(), &mut ct).expect("flush");
         assert_eq!(report.entries, 4);
         assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn masqueraded_flows_show_their_snat_source_and_pair_up() {
+        let mut s = sample();
+        s.conntrack.clear();
+        let [(b1_id, b1), _] = fixtures::echo_backends();
+        let client = lb_common::addr_be([172, 18, 0, 1].into());
+        let node = lb_common::addr_be([172, 18, 0, 3].into());
+        let vip = fixtures::echo_vip();
+        let forward_key = CtKey::new(
+            client,
+            vip.addr,
+            40000u16.to_be(),
+            vip.port,
+            vip.proto,
+            dir::FORWARD,
+        );
+        let forward = CtEntry {
+            nat_addr: b1.addr,
+            nat_port: b1.port,
+            flags: ct_flags::SNAT | ct_flags::NORTH_SOUTH,
+            snat_addr: node,
+            snat_port: 61000u16.to_be(),
+            service_id: ECHO,
+            backend_id: b1_id,
+            created_ns: 100 * fixtures::S,
+            last_seen_ns: 190 * fixtures::S,
+            seen: lb_common::conntrack::seen::SYN | lb_common::conntrack::seen::REPLY,
+            ..Default::default()
+        };
+        // The reply comes back to the node's address and port, and restores the client.
+        let back_key = CtKey::new(
+            b1.addr,
+            node,
+            b1.port,
+            61000u16.to_be(),
+            vip.proto,
+            dir::REPLY,
+        );
+        let reply = CtEntry {
+            nat_addr: vip.addr,
+            nat_port: vip.port,
+            snat_addr: client,
+            snat_port: 40000u16.to_be(),
+            seen: 0,
+            ..forward
+        };
+        s.conntrack.insert(forward_key, forward);
+        s.conntrack.insert(back_key, reply);
+        let flows = flows(&s.conntrack);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].entries_label(), "forward+reply");
+        assert_eq!(reply_key(&forward_key, &forward), back_key);
+        let t = list_table(&s, &FlowFilter::default(), NOW).to_string();
+        let expected = "\
+FLOWS (1)
+CLIENT            FRONTEND           BACKEND               SNAT              SERVICE            STATE        AGE    IDLE  ENTRIES
+172.18.0.1:40000  10.96.0.10:80/TCP  10.244.1.2:8080 (#1)  172.18.0.3:61000  default/echo:http  ESTABLISHED  1m40s  10s   forward+reply
+";
+        assert_eq!(t, expected);
+        let record = &list(&s, &FlowFilter::default(), NOW).flows[0];
+        assert_eq!(record.flags, ["snat", "north-south"]);
+        assert_eq!(
+            (record.snat_address, record.snat_port),
+            (Some(Ipv4Addr::new(172, 18, 0, 3)), Some(61000))
+        );
+        // Reply entry alone: the SNAT source is its destination.
+        s.conntrack.remove(&forward_key);
+        assert_eq!(
+            flows_of(&s)[0].snat(),
+            Some((Ipv4Addr::new(172, 18, 0, 3), 61000))
+        );
+    }
+
+    fn flows_of(s: &Snapshot) -> Vec<Flow> {
+        flows(&s.conntrack)
     }
 }

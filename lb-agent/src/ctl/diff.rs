@@ -575,6 +575,7 @@ pub fn state_of(snapshot: &Snapshot) -> State {
                         })
                     })
                     .collect(),
+                source_ranges: Vec::new(),
             }
         })
         .collect();
@@ -590,6 +591,7 @@ pub fn state_of(snapshot: &Snapshot) -> State {
         synced: true,
         services: frontends.len(),
         frontends,
+        attachments: Default::default(),
     }
 }
 

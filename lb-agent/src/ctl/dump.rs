@@ -2,7 +2,12 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use lb_common::{addr_from_be, conntrack::dir, reason::Kind, Reason};
+use lb_common::{
+    addr_from_be,
+    conntrack::{ct_flags, dir},
+    reason::Kind,
+    Reason,
+};
 use serde::Serialize;
 
 use super::{
@@ -27,16 +32,20 @@ pub enum Section {
     Affinity,
     Counters,
     Config,
+    SourceRanges,
+    SockRev,
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 10] = [
         Section::Services,
         Section::Frontends,
         Section::Slots,
         Section::Backends,
         Section::Conntrack,
         Section::Affinity,
+        Section::SourceRanges,
+        Section::SockRev,
         Section::Counters,
         Section::Config,
     ];
@@ -52,6 +61,8 @@ impl Section {
             MapId::Affinity => Section::Affinity,
             MapId::Counters => Section::Counters,
             MapId::Config => Section::Config,
+            MapId::SourceRanges => Section::SourceRanges,
+            MapId::SockRev => Section::SockRev,
         }
     }
 
@@ -66,6 +77,8 @@ impl Section {
             Section::Affinity => MapId::Affinity,
             Section::Counters => MapId::Counters,
             Section::Config => MapId::Config,
+            Section::SourceRanges => MapId::SourceRanges,
+            Section::SockRev => MapId::SockRev,
         }
     }
 
@@ -85,6 +98,8 @@ impl Section {
             ],
             Section::Counters => &[MapId::Counters],
             Section::Config => &[MapId::Config],
+            Section::SourceRanges => &[MapId::SourceRanges, MapId::ServiceNames],
+            Section::SockRev => &[MapId::SockRev],
         }
     }
 }
@@ -118,7 +133,29 @@ pub struct Dump {
     pub counters: Option<Vec<CounterRecord>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<Option<ConfigRecord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ranges: Option<Vec<SourceRangeRecord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock_rev: Option<Vec<SockRevRecord>>,
     pub unavailable: Vec<UnavailableRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SourceRangeRecord {
+    pub service_id: u32,
+    pub service: Option<String>,
+    /// `address/prefix`.
+    pub range: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SockRevRecord {
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The backend the socket was sent to, `address:port`.
+    pub backend: String,
+    /// The service address it shows as its peer, `address:port`.
+    pub service: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -182,6 +219,12 @@ pub struct ConntrackRecord {
     /// source becomes.
     pub nat_address: Ipv4Addr,
     pub nat_port: u16,
+    /// `snat`, `north-south`, `hairpin`.
+    pub flags: Vec<&'static str>,
+    /// With `snat`. Forward: the source the packet gets. Reply: the client's own address,
+    /// restored as the reply's destination.
+    pub snat_address: Option<Ipv4Addr>,
+    pub snat_port: Option<u16>,
     pub service_id: u32,
     pub service: Option<String>,
     pub backend_id: u32,
@@ -224,6 +267,29 @@ pub struct CounterRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConfigRecord {
     pub hash_seed: u32,
+    /// The masquerade source; `None`: masquerading off.
+    pub node_addr: Option<Ipv4Addr>,
+    /// `address/prefix`; `None`: unknown.
+    pub cluster_cidr: Option<String>,
+    /// `min-max`.
+    pub snat_port_range: String,
+}
+
+impl ConfigRecord {
+    pub fn new(c: &lb_common::Config) -> Self {
+        Self {
+            hash_seed: c.hash_seed,
+            node_addr: (c.node_addr != 0).then(|| addr_from_be(c.node_addr)),
+            cluster_cidr: (c.cluster_cidr_mask != 0).then(|| {
+                format!(
+                    "{}/{}",
+                    addr_from_be(c.cluster_cidr_addr),
+                    u32::from_be(c.cluster_cidr_mask).count_ones()
+                )
+            }),
+            snat_port_range: format!("{}-{}", c.snat_port_min, c.snat_port_max),
+        }
+    }
 }
 
 pub fn kind_name(kind: Kind) -> &'static str {
@@ -241,11 +307,9 @@ pub fn dump(snapshot: &Snapshot, sections: &[Section], now_ns: u64) -> Dump {
         conntrack: want(Section::Conntrack).then(|| conntrack(snapshot, now_ns)),
         affinity: want(Section::Affinity).then(|| affinity(snapshot, now_ns)),
         counters: want(Section::Counters).then(|| counters(&snapshot.counters)),
-        config: want(Section::Config).then(|| {
-            snapshot.config.map(|c| ConfigRecord {
-                hash_seed: c.hash_seed,
-            })
-        }),
+        config: want(Section::Config).then(|| snapshot.config.as_ref().map(ConfigRecord::new)),
+        source_ranges: want(Section::SourceRanges).then(|| source_ranges(snapshot)),
+        sock_rev: want(Section::SockRev).then(|| sock_rev(snapshot)),
         unavailable: snapshot.unavailable_records(&maps_for(sections)),
     }
 }
@@ -336,6 +400,9 @@ pub fn conntrack(s: &Snapshot, now_ns: u64) -> Vec<ConntrackRecord> {
                 protocol: protocol_name(k.proto),
                 nat_address: addr_from_be(e.nat_addr),
                 nat_port: u16::from_be(e.nat_port),
+                flags: ct_flags::names(e.flags).collect(),
+                snat_address: snat(e).map(|(a, _)| a),
+                snat_port: snat(e).map(|(_, p)| p),
                 service_id: e.service_id,
                 service: s.service_name(e.service_id).map(str::to_owned),
                 backend_id: e.backend_id,
@@ -345,6 +412,36 @@ pub fn conntrack(s: &Snapshot, now_ns: u64) -> Vec<ConntrackRecord> {
                 age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
                 idle_s: forward.map(|f| now_ns.saturating_sub(f.last_seen_ns) / 1_000_000_000),
             }
+        })
+        .collect()
+}
+
+/// The entry's masquerade address and port (host order), when it has the SNAT flag.
+pub fn snat(e: &lb_common::CtEntry) -> Option<(Ipv4Addr, u16)> {
+    (e.flags & ct_flags::SNAT != 0).then(|| (addr_from_be(e.snat_addr), u16::from_be(e.snat_port)))
+}
+
+pub fn source_ranges(s: &Snapshot) -> Vec<SourceRangeRecord> {
+    s.source_ranges
+        .iter()
+        .map(|(len, r)| {
+            let (addr, prefix) = r.cidr(*len);
+            SourceRangeRecord {
+                service_id: r.service_id(),
+                service: s.service_name(r.service_id()).map(str::to_owned),
+                range: format!("{addr}/{prefix}"),
+            }
+        })
+        .collect()
+}
+
+pub fn sock_rev(s: &Snapshot) -> Vec<SockRevRecord> {
+    s.sock_rev
+        .iter()
+        .map(|(k, e)| SockRevRecord {
+            cookie: k.cookie,
+            backend: endpoint(k.addr, k.port, None),
+            service: endpoint(e.addr, e.port, None),
         })
         .collect()
 }
@@ -410,6 +507,10 @@ pub fn tables(snapshot: &Snapshot, sections: &[Section], now_ns: u64) -> String 
             Section::Affinity => affinity_table(d.affinity.as_deref().unwrap_or_default()),
             Section::Counters => counters_table(d.counters.as_deref().unwrap_or_default()),
             Section::Config => config_table(d.config.clone().flatten().as_ref()),
+            Section::SourceRanges => {
+                source_ranges_table(d.source_ranges.as_deref().unwrap_or_default())
+            }
+            Section::SockRev => sock_rev_table(d.sock_rev.as_deref().unwrap_or_default()),
         };
         // The section's own map missing makes its table meaningless; a map it only takes
         // details from leaves a note.
@@ -528,11 +629,17 @@ fn conntrack_table(rows: &[ConntrackRecord]) -> Table {
         ],
     );
     for r in rows {
-        let translation = match r.direction {
+        let mut translation = match r.direction {
             "forward" => format!("dst {}:{}", r.nat_address, r.nat_port),
             "reply" => format!("src {}:{}", r.nat_address, r.nat_port),
             _ => "-".into(),
         };
+        if let (Some(a), Some(p)) = (r.snat_address, r.snat_port) {
+            translation.push_str(&match r.direction {
+                "forward" => format!(", src {a}:{p}"),
+                _ => format!(", dst {a}:{p}"),
+            });
+        }
         let state = match (r.state, r.expired) {
             (Some(s), Some(true)) => format!("{s} (expired)"),
             (Some(s), _) => s.to_owned(),
@@ -597,6 +704,42 @@ fn config_table(config: Option<&ConfigRecord>) -> Table {
     let mut t = Table::titled("CONFIG", &["SETTING", "VALUE"]);
     if let Some(c) = config {
         t.row(vec!["hash_seed".into(), format!("{:#010x}", c.hash_seed)]);
+        t.row(vec![
+            "node_addr".into(),
+            c.node_addr
+                .map_or_else(|| "- (no masquerading)".into(), |a| a.to_string()),
+        ]);
+        t.row(vec![
+            "cluster_cidr".into(),
+            c.cluster_cidr
+                .clone()
+                .unwrap_or_else(|| "- (unknown)".into()),
+        ]);
+        t.row(vec!["snat_port_range".into(), c.snat_port_range.clone()]);
+    }
+    t
+}
+
+fn source_ranges_table(rows: &[SourceRangeRecord]) -> Table {
+    let mut t = Table::titled("SOURCE RANGES", &["SERVICE", "NAME", "RANGE"]);
+    for r in rows {
+        t.row(vec![
+            r.service_id.to_string(),
+            name_or_dash(&r.service),
+            r.range.clone(),
+        ]);
+    }
+    t
+}
+
+fn sock_rev_table(rows: &[SockRevRecord]) -> Table {
+    let mut t = Table::titled("SOCKETS", &["COOKIE", "BACKEND", "SHOWN AS"]);
+    for r in rows {
+        t.row(vec![
+            r.cookie.to_string(),
+            r.backend.clone(),
+            r.service.clone(),
+        ]);
     }
     t
 }
@@ -645,22 +788,41 @@ AFFINITY (1)
 SERVICE              CLIENT      BACKEND                 SLOT  IDLE  REMAINING
 kube-system/dns:dns  10.244.2.9  10.244.1.3:53/UDP (#3)  1     50s   2h59m
 
-COUNTERS (10)
-REASON                KIND        PACKETS
-new_flow              translated  5
-established_flow      translated  0
-reply_translated      translated  4
-pass_malformed        passed      0
-pass_fragment         passed      0
-drop_no_backend       dropped     1
-drop_no_backend_slot  dropped     0
-drop_backend_missing  dropped     0
-drop_ct_insert        dropped     0
-drop_rewrite          dropped     0
+SOURCE RANGES (0)
+  (none)
 
-CONFIG (1)
-SETTING    VALUE
-hash_seed  0x00005eed
+SOCKETS (0)
+  (none)
+
+COUNTERS (20)
+REASON                 KIND        PACKETS
+new_flow               translated  5
+established_flow       translated  0
+reply_translated       translated  4
+pass_malformed         passed      0
+pass_fragment          passed      0
+drop_no_backend        dropped     1
+drop_no_backend_slot   dropped     0
+drop_backend_missing   dropped     0
+drop_ct_insert         dropped     0
+drop_rewrite           dropped     0
+reject_no_backend      rejected    0
+drop_no_local_backend  dropped     0
+drop_source_range      dropped     0
+drop_snat_exhausted    dropped     0
+pass_no_route          passed      0
+icmp_error_translated  translated  0
+xdp_tx                 translated  0
+pass_to_tc             passed      0
+sock_translated        translated  0
+xdp_redirect           translated  0
+
+CONFIG (4)
+SETTING          VALUE
+hash_seed        0x00005eed
+node_addr        172.18.0.3
+cluster_cidr     10.244.0.0/16
+snat_port_range  61000-65535
 ";
         assert_eq!(out, expected);
     }
@@ -714,7 +876,8 @@ AFFINITY
                      "service_id": 2, "service": "kube-system/dns:dns", "backend_count": 1,
                      "flags": ["ClusterIP"], "affinity_timeout_s": 10800},
                 ],
-                "config": {"hash_seed": 0x5eed},
+                "config": {"hash_seed": 0x5eed, "node_addr": "172.18.0.3",
+                           "cluster_cidr": "10.244.0.0/16", "snat_port_range": "61000-65535"},
                 "unavailable": [],
             })
         );
@@ -729,7 +892,8 @@ AFFINITY
             serde_json::json!({
                 "direction": "reply", "source": "10.244.1.2", "source_port": 8080,
                 "destination": "10.244.1.5", "destination_port": 40000, "protocol": "TCP",
-                "nat_address": "10.96.0.10", "nat_port": 80, "service_id": 1,
+                "nat_address": "10.96.0.10", "nat_port": 80, "flags": [],
+                "snat_address": null, "snat_port": null, "service_id": 1,
                 "service": "default/echo:http", "backend_id": 1, "state": "ESTABLISHED",
                 "expired": false, "seen": ["syn", "reply"], "age_s": 100, "idle_s": 10,
             })
@@ -762,14 +926,15 @@ AFFINITY
 
     #[test]
     fn unknown_counter_indices_are_shown_by_number() {
-        let mut values = vec![0; 12];
-        values[11] = 7;
+        let unknown = Reason::COUNT as usize + 1;
+        let mut values = vec![0; unknown + 1];
+        values[unknown] = 7;
         let rows = counters(&values);
         assert_eq!(rows.len(), Reason::COUNT as usize + 1);
         let last = rows.last().expect("a row");
         assert_eq!(
             (last.reason.as_str(), last.kind, last.packets),
-            ("reason_11", "unknown", 7)
+            (format!("reason_{unknown}").as_str(), "unknown", 7)
         );
     }
 

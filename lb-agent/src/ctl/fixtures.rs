@@ -191,10 +191,18 @@ pub fn sample() -> Snapshot {
         )]
         .into(),
         counters: vec![5, 0, 4, 0, 0, 1],
-        config: Some(Config {
-            hash_seed: 0x5eed,
-            ..Default::default()
-        }),
+        config: Some(
+            Config {
+                hash_seed: 0x5eed,
+                node_addr: addr_be([172, 18, 0, 3].into()),
+                snat_port_min: 61_000,
+                snat_port_max: 65_535,
+                ..Default::default()
+            }
+            .with_cluster_cidr([10, 244, 0, 0].into(), 16),
+        ),
+        source_ranges: Default::default(),
+        sock_rev: Default::default(),
         unavailable: Vec::new(),
     }
 }

@@ -4,12 +4,15 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::{Key as TrieKey, LpmTrie},
+        Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
+    },
     EbpfLoader,
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, BackendStats, Config, CtEntry, CtKey,
-    Frontend, FrontendKey, ServiceName,
+    Frontend, FrontendKey, ServiceName, SockRevEntry, SockRevKey, SourceRange,
 };
 use lb_lab::testing::{root_or_skip, PinDir};
 use serde_json::Value;
@@ -65,6 +68,13 @@ fn pinned_maps(test: &str) -> PinDir {
                 .map(|m| m.pin(&path)),
             MapId::Counters => PerCpuArray::<MapData, u64>::create(64, 0).map(|m| m.pin(&path)),
             MapId::Config => Array::<MapData, Config>::create(1, 0).map(|m| m.pin(&path)),
+            // LPM tries must be created without preallocation (BPF_F_NO_PREALLOC).
+            MapId::SourceRanges => {
+                LpmTrie::<MapData, SourceRange, u32>::create(1024, 1).map(|m| m.pin(&path))
+            }
+            MapId::SockRev => {
+                HashMap::<MapData, SockRevKey, SockRevEntry>::create(1024, 0).map(|m| m.pin(&path))
+            }
         };
         pinned
             .expect("create map")
@@ -130,6 +140,16 @@ fn write(dir: &Path, s: &Snapshot) {
     }
     let mut config: Array<MapData, Config> = open(dir, MapId::Config);
     config.set(0, s.config.unwrap_or_default(), 0).expect("set");
+    let mut ranges: LpmTrie<MapData, SourceRange, u32> = open(dir, MapId::SourceRanges);
+    for (len, r) in &s.source_ranges {
+        ranges
+            .insert(&TrieKey::new(*len, *r), 1, 0)
+            .expect("insert");
+    }
+    let mut socks: HashMap<MapData, SockRevKey, SockRevEntry> = open(dir, MapId::SockRev);
+    for (k, v) in &s.sock_rev {
+        socks.insert(k, v, 0).expect("insert");
+    }
 }
 
 fn lbctl(dir: &Path, args: &[&str]) -> Result<Outcome, CtlError> {
@@ -188,6 +208,9 @@ fn the_dump_reads_every_pinned_map_back() {
     assert_eq!(d["counters"][5]["reason"], "drop_no_backend");
     assert_eq!(d["counters"][5]["packets"], 1);
     assert_eq!(d["config"]["hash_seed"], 0x5eed);
+    assert_eq!(d["config"]["snat_port_range"], "61000-65535");
+    assert_eq!(d["config"]["cluster_cidr"], "10.244.0.0/16");
+    assert_eq!(d["source_ranges"], serde_json::json!([]));
 
     // The table form, one map chosen by alias and by pinned name.
     let t = ok(pins.path(), &["maps", "dump", "--map", "frontends"]);
@@ -324,16 +347,19 @@ fn stats_sum_counters_over_cpus() {
     write(pins.path(), &s);
     let out = ok(pins.path(), &["stats"]);
     assert!(
-        out.contains("translated              5,005\n  new_flow              5,001\n"),
+        out.contains("translated               5,005\n  new_flow               5,001\n"),
         "{out}"
     );
     assert!(
-        out.contains("dropped                 3\n  drop_no_backend       3\n"),
+        out.contains("dropped                  3\n  drop_no_backend        3\n"),
         "{out}"
     );
+    assert!(out.starts_with("ATTACHMENTS\n"), "{out}");
     let j = json(pins.path(), &["stats", "-o", "json"]);
-    assert_eq!(j["groups"][2]["kind"], "dropped");
-    assert_eq!(j["groups"][2]["packets"], 3);
+    assert_eq!(j["groups"][2]["kind"], "rejected");
+    assert_eq!(j["groups"][3]["kind"], "dropped");
+    assert_eq!(j["groups"][3]["packets"], 3);
+    assert_eq!(j["attachments"]["socket_programs"], 0);
 }
 
 #[test]

@@ -16,12 +16,14 @@ pub enum MapId {
     Affinity,
     Counters,
     Config,
+    SourceRanges,
+    SockRev,
 }
 
 impl MapId {
     /// Every map, in the order `lbctl maps dump` shows them. Backends come before their
     /// stats: the stats are read only for backends that exist.
-    pub const ALL: [MapId; 9] = [
+    pub const ALL: [MapId; 11] = [
         MapId::ServiceNames,
         MapId::Frontends,
         MapId::Slots,
@@ -31,6 +33,8 @@ impl MapId {
         MapId::Affinity,
         MapId::Counters,
         MapId::Config,
+        MapId::SourceRanges,
+        MapId::SockRev,
     ];
 
     /// The name the map is pinned under (`<pin-dir>/<name>`).
@@ -45,6 +49,8 @@ impl MapId {
             MapId::Affinity => names::AFFINITY,
             MapId::Counters => names::COUNTERS,
             MapId::Config => names::CONFIG,
+            MapId::SourceRanges => names::SOURCE_RANGES,
+            MapId::SockRev => names::SOCK_REV,
         }
     }
 
@@ -60,6 +66,8 @@ impl MapId {
             MapId::Affinity => &["affinity"],
             MapId::Counters => &["counters"],
             MapId::Config => &["config"],
+            MapId::SourceRanges => &["source-ranges", "src-ranges"],
+            MapId::SockRev => &["sock-rev", "socket-rev"],
         }
     }
 }

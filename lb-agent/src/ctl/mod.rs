@@ -5,6 +5,7 @@
 //! [`conntrack`], [`stats`] and [`diff`] turn it into views, each printable as a table or as
 //! JSON ([`output`]); [`cli`] wires them to the command line.
 
+pub mod attachments;
 pub mod cli;
 pub mod conntrack;
 pub mod desired;

@@ -11,11 +11,11 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, MapError, PerCpuArray},
     sys::SyscallError,
     Pod,
 };
-use lb_common::{maps as names, CtEntry, CtKey, ServiceName};
+use lb_common::{maps as names, CtEntry, CtKey, ServiceName, SourceRange};
 
 use super::{
     map_id::MapId,
@@ -185,6 +185,16 @@ fn read_one(dir: &Path, map: MapId, snapshot: &mut Snapshot) -> Result<(), Pinne
             let m: Array<MapData, lb_common::Config> = open(dir, map)?;
             snapshot.config = Some(m.get(&0, 0).map_err(read)?);
         }
+        MapId::SourceRanges => {
+            let m: LpmTrie<MapData, SourceRange, u32> = open(dir, map)?;
+            snapshot.source_ranges = m
+                .keys()
+                .take(WALK_LIMIT)
+                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()
+                .map_err(read)?;
+        }
+        MapId::SockRev => snapshot.sock_rev = entries(&open(dir, map)?).map_err(read)?,
     }
     Ok(())
 }

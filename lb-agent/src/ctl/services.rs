@@ -14,12 +14,13 @@ use super::{
 };
 
 /// The maps the view reads.
-pub const MAPS: [MapId; 5] = [
+pub const MAPS: [MapId; 6] = [
     MapId::ServiceNames,
     MapId::Frontends,
     MapId::Slots,
     MapId::Backends,
     MapId::BackendStats,
+    MapId::SourceRanges,
 ];
 
 /// `lbctl services -o json`.
@@ -37,6 +38,9 @@ pub struct ServiceView {
     pub frontends: Vec<FrontendView>,
     /// In slot order.
     pub backends: Vec<BackendView>,
+    /// LB_SRC_RANGES under this id (`address/prefix`); only meaningful when a frontend
+    /// has the `SourceRanges` flag, and then empty means nobody is admitted.
+    pub source_ranges: Vec<String>,
     /// What is inconsistent in the maps for this service (a slot missing, a slot pointing at
     /// a backend that does not exist): normal for an instant during an update, a fault if
     /// it stays.
@@ -94,6 +98,7 @@ pub fn view(snapshot: &Snapshot) -> ServicesView {
             ServiceView {
                 id,
                 name: snapshot.service_name(id).map(str::to_owned),
+                source_ranges: snapshot.source_ranges_of(id),
                 frontends,
                 backends,
                 problems,
@@ -184,6 +189,20 @@ pub fn render(view: &ServicesView) -> String {
             ]);
         }
         out.push_str(&t.indented(4));
+        let restricted = s
+            .frontends
+            .iter()
+            .any(|f| f.flags.contains(&"SourceRanges"));
+        if restricted || !s.source_ranges.is_empty() {
+            if s.source_ranges.is_empty() {
+                out.push_str("  Source ranges: none (no client admitted)\n");
+            } else {
+                out.push_str(&format!(
+                    "  Source ranges: {}\n",
+                    s.source_ranges.join(", ")
+                ));
+            }
+        }
         if s.backends.is_empty() {
             out.push_str("  Backends: none\n");
         } else {

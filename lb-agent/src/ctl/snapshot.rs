@@ -1,14 +1,18 @@
 //! What the pinned maps held when `lbctl` read them, and which maps it could not read.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats, Config, CtEntry,
-    CtKey, Frontend, FrontendKey,
+    CtKey, Frontend, FrontendKey, SockRevEntry, SockRevKey,
 };
 use serde::Serialize;
 
 use super::map_id::MapId;
+use crate::maps::RangeKey;
 
 /// The maps' content. A map that was not asked for, or could not be read, is empty; the
 /// second kind is also listed in `unavailable`, so views can say so instead of showing an
@@ -27,6 +31,9 @@ pub struct Snapshot {
     /// Per reason index, summed over CPUs.
     pub counters: Vec<u64>,
     pub config: Option<Config>,
+    /// LB_SRC_RANGES keys (prefix length, data).
+    pub source_ranges: BTreeSet<RangeKey>,
+    pub sock_rev: BTreeMap<SockRevKey, SockRevEntry>,
     pub unavailable: Vec<Unavailable>,
 }
 
@@ -94,6 +101,18 @@ impl Snapshot {
             .iter()
             .filter(|u| maps.contains(&u.map))
             .map(UnavailableRecord::from)
+            .collect()
+    }
+
+    /// The source ranges under `service_id`, as `address/prefix`, sorted.
+    pub fn source_ranges_of(&self, service_id: u32) -> Vec<String> {
+        self.source_ranges
+            .iter()
+            .filter(|(_, r)| r.service_id() == service_id)
+            .map(|(len, r)| {
+                let (addr, prefix) = r.cidr(*len);
+                format!("{addr}/{prefix}")
+            })
             .collect()
     }
 

@@ -1,5 +1,5 @@
-//! `lbctl stats`: packets by reason, summed over CPUs, grouped into translated, passed and
-//! dropped.
+//! `lbctl stats`: packets by reason, summed over CPUs, grouped into translated, passed,
+//! rejected and dropped; with where the programs are attached.
 
 use serde::Serialize;
 
@@ -12,9 +12,12 @@ use super::{
 /// `lbctl stats -o json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Stats {
-    /// `translated`, `passed`, `dropped`, then `unknown` if a newer datapath counts reasons
-    /// this lbctl does not know.
+    /// `translated`, `passed`, `rejected`, `dropped`, then `unknown` if a newer datapath
+    /// counts reasons this lbctl does not know.
     pub groups: Vec<Group>,
+    /// Where the programs are attached; `None` when not read (tests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<super::attachments::Attachments>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,7 +34,7 @@ pub struct ReasonCount {
     pub packets: u64,
 }
 
-const KINDS: [&str; 4] = ["translated", "passed", "dropped", "unknown"];
+const KINDS: [&str; 5] = ["translated", "passed", "rejected", "dropped", "unknown"];
 
 /// Groups the counters (per reason index, summed over CPUs) by kind; every known reason is
 /// listed, zero or not, so the full list of what can happen is visible.
@@ -56,7 +59,10 @@ pub fn stats(values: &[u64]) -> Stats {
             })
         })
         .collect();
-    Stats { groups }
+    Stats {
+        groups,
+        attachments: None,
+    }
 }
 
 /// One table: a total line per kind, its reasons indented under it.
@@ -74,7 +80,11 @@ pub fn render(stats: &Stats) -> String {
             t.row(vec![format!("  {}", r.reason), grouped(r.packets)]);
         }
     }
-    t.aligned_lines().join("\n") + "\n"
+    let counters = t.aligned_lines().join("\n") + "\n";
+    match &stats.attachments {
+        Some(a) => format!("{}\n{counters}", super::attachments::render(a)),
+        None => counters,
+    }
 }
 
 #[cfg(test)]
@@ -83,34 +93,46 @@ mod tests {
 
     #[test]
     fn reasons_are_grouped_by_kind_with_totals() {
-        let s = stats(&[5_000, 0, 4, 0, 0, 1]);
+        let s = stats(&[5_000, 0, 4, 0, 0, 1, 0, 0, 0, 0, 2]);
         let expected = "\
-KIND / REASON           PACKETS
-translated              5,004
-  new_flow              5,000
-  established_flow      0
-  reply_translated      4
-passed                  0
-  pass_malformed        0
-  pass_fragment         0
-dropped                 1
-  drop_no_backend       1
-  drop_no_backend_slot  0
-  drop_backend_missing  0
-  drop_ct_insert        0
-  drop_rewrite          0
+KIND / REASON            PACKETS
+translated               5,004
+  new_flow               5,000
+  established_flow       0
+  reply_translated       4
+  icmp_error_translated  0
+  xdp_tx                 0
+  sock_translated        0
+  xdp_redirect           0
+passed                   0
+  pass_malformed         0
+  pass_fragment          0
+  pass_no_route          0
+  pass_to_tc             0
+rejected                 2
+  reject_no_backend      2
+dropped                  1
+  drop_no_backend        1
+  drop_no_backend_slot   0
+  drop_backend_missing   0
+  drop_ct_insert         0
+  drop_rewrite           0
+  drop_no_local_backend  0
+  drop_source_range      0
+  drop_snat_exhausted    0
 ";
         assert_eq!(render(&s), expected);
     }
 
     #[test]
     fn counters_this_lbctl_does_not_know_get_their_own_group() {
-        let mut values = vec![0; 12];
-        values[11] = 7;
+        let index = lb_common::Reason::COUNT as usize + 1;
+        let mut values = vec![0; index + 1];
+        values[index] = 7;
         let s = stats(&values);
         let unknown = s.groups.last().expect("a group");
         assert_eq!(unknown.kind, "unknown");
-        assert_eq!(unknown.reasons[0].reason, "reason_11");
+        assert_eq!(unknown.reasons[0].reason, format!("reason_{index}"));
         assert_eq!(unknown.packets, 7);
     }
 
@@ -123,6 +145,9 @@ dropped                 1
             json["groups"][0]["reasons"][1],
             serde_json::json!({"reason": "established_flow", "packets": 2})
         );
-        assert_eq!(json["groups"].as_array().map(Vec::len), Some(3));
+        // Every kind has reasons: translated, passed, rejected, dropped.
+        assert_eq!(json["groups"].as_array().map(Vec::len), Some(4));
+        assert_eq!(json["groups"][2]["kind"], "rejected");
+        assert!(json.get("attachments").is_none());
     }
 }

@@ -3,16 +3,19 @@
 use std::{io, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError},
+    maps::{
+        lpm_trie::{Key as TrieKey, LpmTrie},
+        Array, HashMap, Map, MapData, MapError,
+    },
     sys::SyscallError,
     Ebpf,
 };
 use lb_common::{
     maps as names, Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend,
-    FrontendKey, ServiceName,
+    FrontendKey, ServiceName, SourceRange,
 };
 
-use super::{DatapathMaps, MapsError};
+use super::{DatapathMaps, MapsError, RangeKey};
 
 /// Iterating a hash map that the datapath changes at the same time can restart from the
 /// first key when the current one is deleted underneath; this bounds a conntrack walk to a
@@ -27,6 +30,7 @@ pub struct AyaMaps {
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     config: Array<MapData, Config>,
     service_names: HashMap<MapData, u32, ServiceName>,
+    source_ranges: LpmTrie<MapData, SourceRange, u32>,
 }
 
 impl AyaMaps {
@@ -41,6 +45,7 @@ impl AyaMaps {
             conntrack: typed(names::CONNTRACK, take(names::CONNTRACK)?)?,
             config: typed(names::CONFIG, take(names::CONFIG)?)?,
             service_names: typed(names::SERVICE_NAMES, take(names::SERVICE_NAMES)?)?,
+            source_ranges: typed(names::SOURCE_RANGES, take(names::SOURCE_RANGES)?)?,
         })
     }
 
@@ -58,6 +63,10 @@ impl AyaMaps {
             service_names: typed(
                 names::SERVICE_NAMES,
                 open_pinned(dir, names::SERVICE_NAMES)?,
+            )?,
+            source_ranges: typed(
+                names::SOURCE_RANGES,
+                open_pinned(dir, names::SOURCE_RANGES)?,
             )?,
         })
     }
@@ -188,6 +197,27 @@ impl DatapathMaps for AyaMaps {
 
     fn delete_service_name(&mut self, service_id: u32) -> Result<(), MapsError> {
         delete(&mut self.service_names, &service_id, names::SERVICE_NAMES)
+    }
+
+    fn source_ranges(&self) -> Result<Vec<RangeKey>, MapsError> {
+        self.source_ranges
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<_, _>>()
+            .map_err(access(names::SOURCE_RANGES, "iterate"))
+    }
+
+    fn put_source_range(&mut self, (len, data): &RangeKey) -> Result<(), MapsError> {
+        self.source_ranges
+            .insert(&TrieKey::new(*len, *data), 1, 0)
+            .map_err(access(names::SOURCE_RANGES, "update"))
+    }
+
+    fn delete_source_range(&mut self, (len, data): &RangeKey) -> Result<(), MapsError> {
+        match self.source_ranges.remove(&TrieKey::new(*len, *data)) {
+            Err(e) if !is_absent(&e) => Err(access(names::SOURCE_RANGES, "delete")(e)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! In-memory maps for tests: the same contract as the kernel's, plus a log of every write.
 
-use std::{cell::Cell, collections::BTreeMap};
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use lb_common::{
     Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName,
 };
 
-use super::{DatapathMaps, MapsError};
+use super::{DatapathMaps, MapsError, RangeKey};
 use crate::plan::Write;
 
 /// A write, as the log records it.
@@ -27,6 +30,7 @@ pub struct MemoryMaps {
     pub conntrack: BTreeMap<CtKey, CtEntry>,
     pub config: Config,
     pub names: BTreeMap<u32, ServiceName>,
+    pub source_ranges: BTreeSet<RangeKey>,
     /// Every write, in order.
     pub log: Vec<Op>,
     /// Whole-map reads of the service maps so far.
@@ -137,6 +141,23 @@ impl DatapathMaps for MemoryMaps {
     fn delete_service_name(&mut self, service_id: u32) -> Result<(), MapsError> {
         self.write(Op::DeleteName(service_id))?;
         self.names.remove(&service_id);
+        Ok(())
+    }
+
+    fn source_ranges(&self) -> Result<Vec<RangeKey>, MapsError> {
+        self.reads.set(self.reads.get() + 1);
+        Ok(self.source_ranges.iter().copied().collect())
+    }
+
+    fn put_source_range(&mut self, key: &RangeKey) -> Result<(), MapsError> {
+        self.write(Op::Service(Write::PutSourceRange(*key)))?;
+        self.source_ranges.insert(*key);
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, key: &RangeKey) -> Result<(), MapsError> {
+        self.write(Op::Service(Write::DeleteSourceRange(*key)))?;
+        self.source_ranges.remove(key);
         Ok(())
     }
 }

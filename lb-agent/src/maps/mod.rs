@@ -11,10 +11,11 @@ pub mod aya;
 pub mod memory;
 pub mod stats;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
     Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName,
+    SourceRange,
 };
 
 use crate::plan::Write;
@@ -41,6 +42,10 @@ pub enum MapsError {
     },
 }
 
+/// A source-range trie key: the prefix length (service id bits included) and the data, as
+/// [`SourceRange::range`] makes them. The value is always 1.
+pub type RangeKey = (u32, SourceRange);
+
 /// The maps the agent programs. Deleting an absent key is not an error: the goal is that
 /// the key is gone, and the datapath (LRU eviction) may have got there first.
 pub trait DatapathMaps {
@@ -66,6 +71,11 @@ pub trait DatapathMaps {
     fn service_names(&self) -> Result<Vec<(u32, ServiceName)>, MapsError>;
     fn put_service_name(&mut self, service_id: u32, name: &ServiceName) -> Result<(), MapsError>;
     fn delete_service_name(&mut self, service_id: u32) -> Result<(), MapsError>;
+
+    /// LB_SRC_RANGES: the client prefixes of frontends with source ranges.
+    fn source_ranges(&self) -> Result<Vec<RangeKey>, MapsError>;
+    fn put_source_range(&mut self, key: &RangeKey) -> Result<(), MapsError>;
+    fn delete_source_range(&mut self, key: &RangeKey) -> Result<(), MapsError>;
 }
 
 /// The service maps' content at one moment.
@@ -74,6 +84,7 @@ pub struct MapState {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
     pub slots: BTreeMap<BackendSlotKey, BackendId>,
     pub backends: BTreeMap<BackendId, Backend>,
+    pub source_ranges: BTreeSet<RangeKey>,
 }
 
 impl MapState {
@@ -82,6 +93,7 @@ impl MapState {
             frontends: maps.frontends()?.into_iter().collect(),
             slots: maps.slots()?.into_iter().collect(),
             backends: maps.backends()?.into_iter().collect(),
+            source_ranges: maps.source_ranges()?.into_iter().collect(),
         })
     }
 
@@ -94,6 +106,8 @@ impl MapState {
             Write::DeleteFrontend(k) => drop(self.frontends.remove(&k)),
             Write::DeleteSlot(k) => drop(self.slots.remove(&k)),
             Write::DeleteBackend(id) => drop(self.backends.remove(&id)),
+            Write::PutSourceRange(k) => drop(self.source_ranges.insert(k)),
+            Write::DeleteSourceRange(k) => drop(self.source_ranges.remove(&k)),
         }
     }
 }

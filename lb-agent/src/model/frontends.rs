@@ -8,12 +8,28 @@
 //! - topology hints are used only when every ready endpoint has hints and at least one hint
 //!   names this node's zone (otherwise traffic would be lopsided or blackholed).
 //!
-//! A ClusterIP frontend uses the local endpoints when internalTrafficPolicy is Local. A
-//! NodePort, ExternalIP or LoadBalancer frontend uses them when externalTrafficPolicy is
-//! Local, and then also gets an internal-scope twin with the cluster endpoints, because
+//! A ClusterIP frontend uses the local endpoints when internalTrafficPolicy is Local (and
+//! carries `INTERNAL_LOCAL`, so that none means drop rather than reject). A NodePort,
+//! ExternalIP or LoadBalancer frontend uses them when externalTrafficPolicy is Local (and
+//! carries `EXTERNAL_LOCAL`: keep the client address, drop when there is no local
+//! endpoint), and then also gets an internal-scope twin with the cluster endpoints, because
 //! traffic from inside the cluster to those addresses is not subject to the policy.
+//!
+//! NodePorts are served on every address of this node and on 127.0.0.1, as kube-proxy
+//! serves them. LoadBalancer frontends of a service with source ranges carry
+//! `SOURCE_RANGES` (both scopes: kube-proxy's firewall chain applies to every client of
+//! the LoadBalancer address) and the ranges themselves.
+//!
+//! Every frontend is produced whatever its backends: an empty set is programmed with a
+//! count of 0, which the datapath rejects (or drops, under a Local policy).
 
-use lb_common::{backend, frontend::scope, Backend, FrontendKey};
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    backend,
+    frontend::{flags, scope},
+    Backend, FrontendKey,
+};
 
 use super::{
     backend_tuple,
@@ -49,19 +65,33 @@ pub fn service_frontends(
             }
         }
         let name = format!("{}:{label}", svc.id);
-        let make = |kind: FrontendKind, backends: &Vec<Backend>, topology: bool| DesiredFrontend {
-            name: name.clone(),
-            service: svc.id.clone(),
-            kind,
-            flags: kind.flag(),
-            affinity_timeout_s: svc.affinity_timeout_s,
-            policy: Policy {
-                external_local: svc.external_local,
-                internal_local: svc.internal_local,
-                publish_not_ready: svc.publish_not_ready,
-                topology_aware: topology,
-            },
-            backends: backends.clone(),
+        // Source ranges restrict LoadBalancer addresses only, as in kube-proxy.
+        let make = |kind: FrontendKind, backends: &Vec<Backend>, topology: bool, extra: u16| {
+            let ranges = match (kind, &svc.source_ranges) {
+                (FrontendKind::LoadBalancer, Some(ranges)) => Some(ranges),
+                _ => None,
+            };
+            DesiredFrontend {
+                name: name.clone(),
+                service: svc.id.clone(),
+                kind,
+                flags: kind.flag()
+                    | extra
+                    | if ranges.is_some() {
+                        flags::SOURCE_RANGES
+                    } else {
+                        0
+                    },
+                source_ranges: ranges.cloned().unwrap_or_default(),
+                affinity_timeout_s: svc.affinity_timeout_s,
+                policy: Policy {
+                    external_local: svc.external_local,
+                    internal_local: svc.internal_local,
+                    publish_not_ready: svc.publish_not_ready,
+                    topology_aware: topology,
+                },
+                backends: backends.clone(),
+            }
         };
         let mut add = |key: FrontendKey, f: DesiredFrontend| {
             if let Some((_, owner)) = out.iter().find(|(k, _)| *k == key) {
@@ -75,16 +105,21 @@ pub fn service_frontends(
             }
         };
 
-        let (internal, internal_topology) = if svc.internal_local {
-            (&sets.local, false)
+        let (internal, internal_topology, internal_flags) = if svc.internal_local {
+            (&sets.local, false, flags::INTERNAL_LOCAL)
         } else {
-            (&sets.cluster, sets.topology)
+            (&sets.cluster, sets.topology, 0)
         };
         for &ip in &svc.cluster_ips {
             let key = FrontendKey::new(ip, port.port, port.protocol);
             add(
                 key,
-                make(FrontendKind::ClusterIp, internal, internal_topology),
+                make(
+                    FrontendKind::ClusterIp,
+                    internal,
+                    internal_topology,
+                    internal_flags,
+                ),
             );
         }
 
@@ -92,7 +127,7 @@ pub fn service_frontends(
         if let (ServiceType::NodePort | ServiceType::LoadBalancer, Some(np)) =
             (svc.type_, port.node_port)
         {
-            external.extend(node.ips.iter().map(|&ip| (FrontendKind::NodePort, ip, np)));
+            external.extend(node_port_addresses(node).map(|ip| (FrontendKind::NodePort, ip, np)));
         }
         external.extend(
             svc.external_ips
@@ -109,18 +144,25 @@ pub fn service_frontends(
         for (kind, ip, number) in external {
             let key = FrontendKey::new(ip, number, port.protocol);
             if svc.external_local {
-                add(key, make(kind, &sets.local, false));
+                add(key, make(kind, &sets.local, false, flags::EXTERNAL_LOCAL));
                 let internal_key = FrontendKey {
                     scope: scope::INTERNAL,
                     ..key
                 };
-                add(internal_key, make(kind, &sets.cluster, sets.topology));
+                add(internal_key, make(kind, &sets.cluster, sets.topology, 0));
             } else {
-                add(key, make(kind, &sets.cluster, sets.topology));
+                add(key, make(kind, &sets.cluster, sets.topology, 0));
             }
         }
     }
     (out, notes)
+}
+
+/// Where NodePorts are served: every address of this node, then 127.0.0.1 (kube-proxy
+/// serves NodePorts on localhost too), without duplicates.
+fn node_port_addresses(node: &ThisNode) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    let localhost = (!node.ips.contains(&Ipv4Addr::LOCALHOST)).then_some(Ipv4Addr::LOCALHOST);
+    node.ips.iter().copied().chain(localhost)
 }
 
 /// The candidate backend sets of one service port.

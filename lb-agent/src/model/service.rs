@@ -8,6 +8,11 @@ use lb_common::proto;
 use super::{
     ObjectId, ObjectKind, Parsed, SkipReason, Skipped, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
+use crate::node::Ipv4Cidr;
+
+/// The annotation that lists LoadBalancer source ranges (comma-separated) when
+/// spec.loadBalancerSourceRanges is empty; kube-proxy and the cloud providers honour it.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (the API server's default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
@@ -64,6 +69,12 @@ pub struct ServiceInfo {
     pub external_local: bool,
     pub internal_local: bool,
     pub publish_not_ready: bool,
+    /// loadBalancerSourceRanges (or the annotation), IPv4 only, masked, sorted. `None` when
+    /// the service gives none (everyone may connect); `Some(empty)` when it gives ranges
+    /// but none is usable here: then nobody may connect (fail closed).
+    pub source_ranges: Option<Vec<Ipv4Cidr>>,
+    /// spec.healthCheckNodePort, for externalTrafficPolicy=Local LoadBalancer services.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// Reads a Service. A Service that cannot be served at all has no value; ports and
@@ -155,6 +166,11 @@ fn read(
         object,
         notes,
     );
+    let source_ranges = source_ranges(svc, spec, object, notes);
+    let health_check_node_port = spec
+        .health_check_node_port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0);
     Ok(ServiceInfo {
         id: id.clone(),
         type_,
@@ -166,7 +182,73 @@ fn read(
         external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+        source_ranges,
+        health_check_node_port,
     })
+}
+
+/// The source ranges the service gives: spec.loadBalancerSourceRanges, or the annotation
+/// when the field is empty (as kube-proxy reads them). Unparsable ranges are noted and left
+/// out, IPv6 ones passed over (another family's proxy applies them). If ranges were given
+/// and none is usable for IPv4, the result is an empty list, which admits nobody: kube-proxy
+/// would then admit everyone, but a restriction the operator asked for must not silently
+/// vanish because of a typo.
+fn source_ranges(
+    svc: &Service,
+    spec: &ServiceSpec,
+    object: &str,
+    notes: &mut Vec<Skipped>,
+) -> Option<Vec<Ipv4Cidr>> {
+    let field: Vec<&str> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let (listed, origin) = if field.is_empty() {
+        let annotation = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
+            .map(String::as_str)
+            .unwrap_or_default();
+        let listed: Vec<&str> = annotation
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .collect();
+        (listed, SOURCE_RANGES_ANNOTATION)
+    } else {
+        (field, "spec.loadBalancerSourceRanges")
+    };
+    if listed.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for range in &listed {
+        match range.parse::<Ipv4Cidr>() {
+            Ok(c) => out.push(c.masked()),
+            Err(crate::node::CidrError::NotIpv4(_)) => {}
+            Err(_) => notes.push(skipped(
+                object.to_owned(),
+                SkipReason::BadSourceRange {
+                    field: origin,
+                    value: (*range).to_owned(),
+                },
+            )),
+        }
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        notes.push(skipped(
+            object.to_owned(),
+            SkipReason::NoUsableSourceRange(origin),
+        ));
+    }
+    Some(out)
 }
 
 /// The ClientIP stickiness, 0 when affinity is off.

@@ -652,17 +652,17 @@ fn invalid_affinity_settings_skip_the_service_with_a_reason() {
 }
 
 #[test]
-fn node_port_services_get_a_frontend_per_node_address_that_is_not_programmed() {
+fn node_port_services_are_programmed_on_every_node_address_and_localhost() {
     let svc = web().node_port(30080).type_("NodePort").build();
     let (state, skipped) = build_on(&zoned("a"), &[svc], &[]);
     assert!(skipped.is_empty(), "{skipped:?}");
-    let np = &state.frontends[&key("172.18.0.3", 30080, TCP)];
-    assert_eq!(np.kind, FrontendKind::NodePort);
-    assert_eq!(np.flags, frontend::flags::NODE_PORT);
-    assert!(!np.is_programmed());
-    let cip = &state.frontends[&key("10.96.0.10", 80, TCP)];
-    assert!(cip.is_programmed());
-    assert_eq!(state.programmed().len(), 1);
+    for ip in ["172.18.0.3", "127.0.0.1"] {
+        let np = &state.frontends[&key(ip, 30080, TCP)];
+        assert_eq!(np.kind, FrontendKind::NodePort);
+        assert_eq!(np.flags, frontend::flags::NODE_PORT);
+        assert!(np.is_programmed());
+    }
+    assert_eq!(state.programmed().len(), 3, "ClusterIP and two NodePorts");
 }
 
 #[test]
@@ -934,3 +934,217 @@ fn the_index_hands_a_contested_address_to_the_next_claimant_when_the_owner_goes(
     assert_eq!(index.get(&k).map(|f| f.name.as_str()), Some("shop/b:web"));
     assert!(index.conflicts().is_empty());
 }
+
+// ---- North-south: flags, source ranges, health checks ----
+
+fn lb_web() -> crate::fixtures::ServiceBuilder {
+    web()
+        .type_("LoadBalancer")
+        .node_port(30080)
+        .load_balancer_ingress(&["198.51.100.7"], None)
+}
+
+fn scoped(ip: &str, port: u16, scope: u8) -> FrontendKey {
+    FrontendKey {
+        scope,
+        ..key(ip, port, TCP)
+    }
+}
+
+#[test]
+fn every_kind_gets_its_flag_and_etp_local_marks_only_the_external_entry() {
+    let svc = lb_web()
+        .external_ips(&["192.0.2.1"])
+        .external_traffic_policy("Local")
+        .build();
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.9")
+        .build();
+    let (state, skipped) = build_on(&zoned("a"), &[svc], &[s]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    use frontend::{flags::*, scope::*};
+    let flags = |k: FrontendKey| state.frontends[&k].flags;
+    assert_eq!(flags(key("10.96.0.10", 80, TCP)), CLUSTER_IP);
+    for (ip, port, kind) in [
+        ("172.18.0.3", 30080, NODE_PORT),
+        ("127.0.0.1", 30080, NODE_PORT),
+        ("192.0.2.1", 80, EXTERNAL_IP),
+        ("198.51.100.7", 80, LOAD_BALANCER),
+    ] {
+        assert_eq!(
+            flags(scoped(ip, port, EXTERNAL)),
+            kind | EXTERNAL_LOCAL,
+            "{ip}"
+        );
+        assert_eq!(flags(scoped(ip, port, INTERNAL)), kind, "{ip}");
+    }
+    // No local endpoint (the only one is on another node): the external entry is still
+    // programmed, with no backends, so the datapath drops instead of rejecting.
+    let external = &state.frontends[&scoped("198.51.100.7", 80, EXTERNAL)];
+    assert!(external.backends.is_empty() && external.is_programmed());
+    assert_eq!(
+        state.frontends[&scoped("198.51.100.7", 80, INTERNAL)]
+            .backends
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn itp_local_marks_the_cluster_ip() {
+    let svc = web().internal_traffic_policy("Local").build();
+    let (state, _) = build(&[svc], &[]);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert_eq!(
+        f.flags,
+        frontend::flags::CLUSTER_IP | frontend::flags::INTERNAL_LOCAL
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_is_programmed_with_no_backends() {
+    let (state, _) = build(&[web().build()], &[]);
+    let f = &state.frontends[&key("10.96.0.10", 80, TCP)];
+    assert!(f.backends.is_empty());
+    assert_eq!(state.programmed().len(), 1);
+}
+
+#[test]
+fn source_ranges_apply_to_load_balancer_addresses_only() {
+    let svc = lb_web()
+        .external_ips(&["192.0.2.1"])
+        .source_ranges(&["203.0.113.7/24", "10.0.0.0/8", "fd00::/64", "10.0.0.0/8"])
+        .build();
+    let (state, skipped) = build(&[svc], &[]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let lb = &state.frontends[&key("198.51.100.7", 80, TCP)];
+    assert_eq!(
+        lb.flags,
+        frontend::flags::LOAD_BALANCER | frontend::flags::SOURCE_RANGES
+    );
+    // Masked, sorted, without duplicates; the IPv6 range is another family's.
+    let ranges: Vec<String> = lb.source_ranges.iter().map(ToString::to_string).collect();
+    assert_eq!(ranges, ["10.0.0.0/8", "203.0.113.0/24"]);
+    for other in [
+        key("10.96.0.10", 80, TCP),
+        key("192.0.2.1", 80, TCP),
+        key("127.0.0.1", 30080, TCP),
+    ] {
+        let f = &state.frontends[&other];
+        assert_eq!(f.flags & frontend::flags::SOURCE_RANGES, 0);
+        assert!(f.source_ranges.is_empty());
+    }
+}
+
+#[test]
+fn the_source_range_annotation_is_used_when_the_field_is_empty() {
+    let annotation = crate::model::service::SOURCE_RANGES_ANNOTATION;
+    let svc = lb_web()
+        .annotation(annotation, " 192.0.2.0/25 , 198.51.100.0/24")
+        .build();
+    let (state, _) = build(&[svc], &[]);
+    let lb = &state.frontends[&key("198.51.100.7", 80, TCP)];
+    assert_eq!(lb.source_ranges.len(), 2);
+    // The field wins over the annotation.
+    let both = lb_web()
+        .annotation(annotation, "192.0.2.0/25")
+        .source_ranges(&["10.0.0.0/8"])
+        .build();
+    let (state, _) = build(&[both], &[]);
+    let ranges = &state.frontends[&key("198.51.100.7", 80, TCP)].source_ranges;
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(ranges[0].to_string(), "10.0.0.0/8");
+}
+
+#[test]
+fn invalid_source_ranges_are_noted_and_all_invalid_fails_closed() {
+    let svc = lb_web()
+        .source_ranges(&["10.0.0.0/8", "10.0.0.0", "nonsense/8"])
+        .build();
+    let (state, skipped) = build(&[svc], &[]);
+    let lb = &state.frontends[&key("198.51.100.7", 80, TCP)];
+    assert_eq!(lb.source_ranges.len(), 1);
+    assert_eq!(
+        reasons(&skipped),
+        [
+            &SkipReason::BadSourceRange {
+                field: "spec.loadBalancerSourceRanges",
+                value: "10.0.0.0".into()
+            },
+            &SkipReason::BadSourceRange {
+                field: "spec.loadBalancerSourceRanges",
+                value: "nonsense/8".into()
+            },
+        ]
+    );
+    assert!(!skipped[0].reason.is_by_design());
+
+    let broken = lb_web().source_ranges(&["10.0.0.0/33", "bogus"]).build();
+    let (state, skipped) = build(&[broken], &[]);
+    let lb = &state.frontends[&key("198.51.100.7", 80, TCP)];
+    assert_ne!(
+        lb.flags & frontend::flags::SOURCE_RANGES,
+        0,
+        "still restricted"
+    );
+    assert!(lb.source_ranges.is_empty(), "nobody is admitted");
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.reason == SkipReason::NoUsableSourceRange("spec.loadBalancerSourceRanges")),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn health_checks_count_ready_local_endpoints_only() {
+    let svc = lb_web()
+        .external_traffic_policy("Local")
+        .health_check_node_port(32000)
+        .build();
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.1.2")
+        .on_node(NODE)
+        .build();
+    let local = |s: SliceBuilderFn| {
+        let parsed = parse_service(&svc).value.expect("service");
+        let slices: Vec<SliceInfo> = s()
+            .iter()
+            .map(|e| parse_slice(e, NODE).value.expect("slice"))
+            .collect();
+        let refs: Vec<&SliceInfo> = slices.iter().collect();
+        health_check(&parsed, &refs)
+    };
+    let check = local(&|| vec![s.clone()]).expect("a health check");
+    assert_eq!((check.port, check.local_endpoints), (32000, 1));
+    assert_eq!(check.service, ObjectId::new("shop", "web"));
+    // A terminating local endpoint does not count, nor one on another node, nor one listed
+    // twice.
+    let mixed = slice("shop", "web-2", "web")
+        .port("http", 8080, "TCP")
+        .terminating("10.244.1.3")
+        .on_node(NODE)
+        .build();
+    let remote = slice("shop", "web-3", "web")
+        .port("http", 8080, "TCP")
+        .ready("10.244.2.2")
+        .build();
+    let check =
+        local(&|| vec![s.clone(), s.clone(), mixed.clone(), remote.clone()]).expect("check");
+    assert_eq!(check.local_endpoints, 1);
+    let check = local(&|| vec![mixed.clone()]).expect("check");
+    assert_eq!(check.local_endpoints, 0);
+    // Without ETP=Local, or without the port, there is none.
+    let cluster = parse_service(&lb_web().health_check_node_port(32000).build())
+        .value
+        .expect("service");
+    assert_eq!(health_check(&cluster, &[]), None);
+    let no_port = parse_service(&lb_web().external_traffic_policy("Local").build())
+        .value
+        .expect("service");
+    assert_eq!(health_check(&no_port, &[]), None);
+}
+
+type SliceBuilderFn<'a> = &'a dyn Fn() -> Vec<EndpointSlice>;

@@ -54,6 +54,7 @@ fn loaded<M: DatapathMaps>(maps: M) -> (Pipeline<M>, Duration) {
             node_name: "node-a".into(),
             overrides: Default::default(),
             expect_node: false,
+            datapath: Default::default(),
         },
         Metrics::new(None),
         Arc::new(Health::new(Duration::from_secs(60))),

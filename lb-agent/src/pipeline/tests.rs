@@ -22,6 +22,7 @@ fn pipeline(expect_node: bool) -> Pipeline<MemoryMaps> {
             node_name: NODE.into(),
             overrides: NodeOverrides::default(),
             expect_node,
+            datapath: Default::default(),
         },
         Metrics::new(None),
         Arc::new(Health::new(Duration::from_secs(60))),
@@ -263,6 +264,8 @@ fn removing_an_endpoint_removes_its_slot_and_backend_after_the_count() {
             Write::DeleteFrontend(..) => "delete frontend",
             Write::DeleteSlot(..) => "delete slot",
             Write::DeleteBackend(..) => "delete backend",
+            Write::PutSourceRange(..) => "put source range",
+            Write::DeleteSourceRange(..) => "delete source range",
         })
         .collect();
     assert_eq!(
@@ -561,12 +564,23 @@ fn the_state_report_lists_every_frontend_with_its_programmed_id() {
     let state = p.state();
     assert!(state.synced);
     assert_eq!(state.services, 4);
+    // No node address: the NodePort is served on 127.0.0.1 only, and programmed.
+    assert_eq!(state.frontends.len(), 5);
+    let local = state
+        .frontends
+        .iter()
+        .find(|f| f.kind == "NodePort")
+        .expect("NodePort on localhost");
     assert_eq!(
-        state.frontends.len(),
-        4,
-        "no node address, so no NodePort frontend"
+        (local.address.to_string(), local.port),
+        ("127.0.0.1".into(), 30080)
     );
-    let a = &state.frontends[0];
+    assert!(local.programmed && local.service_id.is_some());
+    let a = state
+        .frontends
+        .iter()
+        .find(|f| f.name == "shop/a:p")
+        .expect("shop/a");
     assert_eq!(
         (a.name.as_str(), a.programmed, a.backends.len()),
         ("shop/a:p", true, 2)

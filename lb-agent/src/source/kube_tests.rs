@@ -129,6 +129,7 @@ async fn watches_program_the_maps_and_an_outage_keeps_the_last_state_until_the_r
             node_name: NODE.into(),
             overrides: NodeOverrides::default(),
             expect_node: true,
+            datapath: Default::default(),
         },
         metrics.clone(),
         std::sync::Arc::new(Health::new(Duration::from_secs(60))),
