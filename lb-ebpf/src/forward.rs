@@ -46,6 +46,13 @@ pub fn reject_or_drop(ctx: &TcContext, pkt: &parse::Packet) -> i32 {
 
 #[inline(always)]
 fn try_handle(ctx: &TcContext) -> Result<i32, Reason> {
+    translate(ctx, Origin::Pod)
+}
+
+/// The tc side of every program that sees a flow's first packets (`lb_from_pod`,
+/// `lb_from_net`): decide, track, rewrite, and forward where the stack would not.
+#[inline(always)]
+pub fn translate(ctx: &TcContext, origin: Origin) -> Result<i32, Reason> {
     let Some(pkt) = parse::parse(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
@@ -58,26 +65,28 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Reason> {
     let cfg = flow::config();
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (to, backend_id, reason) = match flow::decide(&pkt, Origin::Pod, &cfg, now) {
+    let (to, backend_id, reason) = match flow::decide(&pkt, origin, &cfg, now) {
         Ok(Step::Untouched) => return Ok(TC_ACT_UNSPEC),
         Ok(Step::Tracked {
             to,
             backend_id,
             reason,
         }) => (to, backend_id, reason),
-        Ok(Step::New(new)) => {
-            let to = flow::commit(&pkt, &new, &cfg, now)?;
-            (to, new.backend_id, Reason::NewFlow)
-        }
+        Ok(Step::New(new)) => (
+            flow::commit(&pkt, &new, &cfg, now)?,
+            new.backend_id,
+            Reason::NewFlow,
+        ),
         Err(Reason::RejectNoBackend) => return Ok(reject_or_drop(ctx, &pkt)),
         Err(reason) => return Err(reason),
     };
     nat::rewrite(ctx, &pkt, &to)?;
     count(reason);
     count_backend(backend_id, ctx.len());
-    if to.saddr != pkt.saddr {
-        // The source became the node's or the service's address: the stack would drop a
-        // packet from its own address arriving on a pod's veth, so it is forwarded here.
+    // From the uplink everything translated is forwarded here (as XDP would). From a pod,
+    // only when the source became the node's or the service's address: the stack would
+    // drop a packet from its own address arriving on a pod's veth.
+    if origin == Origin::Net || to.saddr != pkt.saddr {
         return Ok(fib::redirect(ctx, &to, pkt.proto));
     }
     Ok(TC_ACT_UNSPEC)
