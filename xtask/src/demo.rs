@@ -37,6 +37,7 @@ const TARGETS: [(&str, &str, &str); 2] = [
 pub fn run_demo(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
     let artifacts = run_build(&BuildArgs::default())?;
+    crate::toolchain::ensure_lab_tools()?;
     let bins = artifacts.lab_binaries();
     let _lock = lab_lock();
     say("bringing up the lab: 3 nodes, 9 pods, one lb-agent per node");

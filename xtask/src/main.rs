@@ -26,10 +26,7 @@ enum Cmd {
     /// Run every test: host unit tests, BPF packet tests and lab tests.
     Test(test::TestArgs),
     /// Measurements that print figures and write a report under target/bench/.
-    Bench {
-        #[command(subcommand)]
-        cmd: bench::BenchCommand,
-    },
+    Bench(bench::BenchArgs),
     /// Manage the network-namespace lab (a simulated Kind cluster).
     Lab {
         #[command(subcommand)]
@@ -42,11 +39,12 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Build(args) => build::run_build(&args).map(|_| ()),
         Cmd::Demo(args) => demo::run_demo(&args),
-        Cmd::Bench { cmd } => bench::run(&cmd),
+        Cmd::Bench(args) => bench::run(&args),
         Cmd::Test(args) => test::run_tests(&args),
         Cmd::Lab { cmd } => {
             // Only `up` starts binaries; the rest work on what is already there.
             let artifacts = if matches!(cmd, lb_lab::cli::LabCommand::Up { .. }) {
+                toolchain::ensure_lab_tools()?;
                 build::run_build(&build::BuildArgs::default())?
             } else {
                 build::Artifacts::existing(false)

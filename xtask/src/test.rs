@@ -20,6 +20,7 @@ pub struct TestArgs {
 pub fn run_tests(args: &TestArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let artifacts = run_build(&BuildArgs::default())?;
+    crate::toolchain::ensure_lab_tools()?;
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         say("CI=true: tests that need root, BPF or network namespaces must run, not skip");
     }

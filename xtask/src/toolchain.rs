@@ -32,6 +32,10 @@ const LLVM_FOR_LINKER: [&str; 4] = [
     "libzstd-dev",
     "zlib1g-dev",
 ];
+/// What the lab, its tests and the benchmarks run: namespaces and links (iproute2), offloads
+/// (ethtool, so that XDP_TX and checksums behave on veths), the kube-proxy baselines
+/// (iptables, nftables) and the throughput client (iperf3).
+const LAB_TOOLS: [&str; 5] = ["iproute2", "ethtool", "iptables", "nftables", "iperf3"];
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library";
 const DEBIAN_LINK: &str = "debian-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -111,6 +115,31 @@ fn debian_toolchain() -> Result<EbpfToolchain> {
         cargo: vec!["/usr/bin/cargo".into()],
         env,
     })
+}
+
+/// Installs the lab's command-line tools that are missing ([`LAB_TOOLS`]).
+///
+/// Without root nothing can be installed, and nothing that uses the tools can run (the lab
+/// needs root too), so that case only says what is missing.
+///
+/// # Errors
+/// If a tool is missing and cannot be installed as root.
+pub fn ensure_lab_tools() -> Result<()> {
+    let why = "the lab's tools: ip, ethtool, iptables, nft, iperf3";
+    if unsafe_geteuid() != 0 {
+        let missing: Vec<&str> = LAB_TOOLS
+            .into_iter()
+            .filter(|p| !dpkg_installed(p))
+            .collect();
+        if !missing.is_empty() {
+            say(&format!(
+                "not root: lab tests will skip; as root, `apt-get install {}` ({why})",
+                missing.join(" ")
+            ));
+        }
+        return Ok(());
+    }
+    apt_install(&LAB_TOOLS, why)
 }
 
 /// Where `cargo install` puts binaries.

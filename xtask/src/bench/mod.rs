@@ -1,11 +1,46 @@
 //! `cargo xtask bench`: measurements that print figures and write a report under
-//! `target/bench/`. Nothing here asserts a timing; tests do not run it.
+//! `target/bench/`. Nothing here asserts a timing; tests do not run it (except `--quick`, as
+//! a smoke test of the harness, which asserts none).
+//!
+//! `cargo xtask bench [--quick] [--services ..] [--endpoints ..] [--modes ..] [--only ..]`
+//! runs each [`Part`] in turn for every size and mode, collecting [`results::Figure`]s, and
+//! then writes the report.
 
 pub mod kube_proxy;
 mod programming;
+// Filled by the measurement parts as they land.
+#[allow(dead_code)]
+mod results;
 mod stats;
 
 use anyhow::Result;
+
+use results::{Mode, Part, Results, Settings};
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCommand>,
+    /// Small N and few samples, in under 5 minutes: a smoke test of the harness.
+    #[arg(long)]
+    quick: bool,
+    /// Service counts to measure at [default: 100,1000,10000,30000; --quick: 100].
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<usize>>,
+    /// Endpoints per service [default: 2,10; --quick: 2].
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<usize>>,
+    /// What runs on the nodes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ebpf,iptables,nftables,direct"
+    )]
+    modes: Vec<Mode>,
+    /// Run only these parts [default: all].
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<Part>>,
+}
 
 #[derive(clap::Subcommand, Clone)]
 pub enum BenchCommand {
@@ -14,8 +49,45 @@ pub enum BenchCommand {
     Programming(programming::Args),
 }
 
-pub fn run(cmd: &BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Programming(args) => programming::run(args),
+impl BenchArgs {
+    fn settings(&self) -> Settings {
+        let (services, endpoints) = if self.quick {
+            (vec![100], vec![2])
+        } else {
+            (vec![100, 1000, 10_000, 30_000], vec![2, 10])
+        };
+        Settings {
+            quick: self.quick,
+            services: self.services.clone().unwrap_or(services),
+            endpoints: self.endpoints.clone().unwrap_or(endpoints),
+            modes: self.modes.clone(),
+            parts: self.only.clone().unwrap_or_else(|| Part::ALL.to_vec()),
+        }
     }
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(cmd) = &args.cmd {
+        return match cmd {
+            BenchCommand::Programming(a) => programming::run(a),
+        };
+    }
+    let settings = args.settings();
+    let mut results = Results::default();
+    for part in &settings.parts {
+        results.note(format!("{part:?}: not measured yet"));
+    }
+    let workspace = crate::build::workspace_root();
+    let dir = workspace.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("bench.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "settings": settings,
+            "results": results,
+        }))?,
+    )?;
+    crate::run::say(&format!("raw figures in {}", file.display()));
+    Ok(())
 }
