@@ -268,8 +268,22 @@ impl ControlPlane<'_> {
         for doc in &docs {
             let key = key_of(&doc.id)?;
             let body = serde_json::to_value(&doc.value).context("converting YAML to JSON")?;
-            let stored = apply_object(&client, &key, body)
+            let status = body.get("status").cloned();
+            let mut stored = apply_object(&client, &key, body)
                 .with_context(|| format!("applying {}", doc.id))?;
+            if let Some(status) = status.filter(|_| key.resource.has_status()) {
+                // The API keeps `status` out of create and update, as Kubernetes does; a
+                // manifest's status (a LoadBalancer's ingress IPs, which a cloud controller
+                // or MetalLB would set) goes through the /status subresource.
+                stored["status"] = status;
+                stored = client
+                    .request(
+                        Method::PUT,
+                        &format!("{}/status", key.path()),
+                        Some(&stored),
+                    )
+                    .with_context(|| format!("setting the status of {}", doc.id))?;
+            }
             out.push(serde_yaml::to_string(&stored)?);
             if key.resource == Resource::Services {
                 let slices = slices_of(&client, &key)?;

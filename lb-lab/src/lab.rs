@@ -13,12 +13,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::apiserver::{Client, PauseMode};
 use crate::bpffs;
+use crate::cgroup;
 use crate::control_plane::ControlPlane;
 use crate::manifests::{Rendered, Store};
 use crate::netns;
 use crate::plan::{Node, Plan, Pod, ECHO_PORT};
 use crate::pod_state::{PodState, PodStates};
-use crate::probe::{self, ProbeError, ProbeRequest};
+use crate::probe::{self, ProbeError, ProbeRequest, Transport};
 use crate::process::{self, DaemonSpec, PidRecord};
 use crate::state::{remove_dir_if_exists, remove_file_if_exists, StateDir};
 use crate::teardown::{teardown, Teardown};
@@ -292,6 +293,126 @@ impl Lab {
         netns::run_in(&netns::qualify(from_ns), || probe::probe(req))?
     }
 
+    /// Node `node`'s cgroup (`<cgroup2>/lbk-<node>`), where its socket-LB programs are
+    /// attached and its own processes run.
+    ///
+    /// # Errors
+    /// If cgroup2 is not mounted.
+    pub fn node_cgroup(&self, node: &str) -> Result<PathBuf> {
+        Ok(cgroup::node_dir(
+            &cgroup::root()?,
+            &self.known_node(node)?.name,
+        ))
+    }
+
+    /// Makes `req` from a process of node `node` (`lb-lab probe`, in the node's namespace and
+    /// cgroup, as a hostNetwork pod or kubelet would): the socket-level LB translates it.
+    ///
+    /// # Errors
+    /// A [`ProbeError`], as [`Lab::probe`].
+    pub fn probe_from_node(&self, node: &str, req: &ProbeRequest) -> Result<String, ProbeError> {
+        self.probe_peer_from_node(node, req)
+            .map(|(_, answer)| answer)
+    }
+
+    /// As [`Lab::probe_from_node`], also returning the peer address the process's socket
+    /// reports (getpeername).
+    ///
+    /// # Errors
+    /// A [`ProbeError`], as [`Lab::probe`].
+    pub fn probe_peer_from_node(
+        &self,
+        node: &str,
+        req: &ProbeRequest,
+    ) -> Result<(SocketAddr, String), ProbeError> {
+        let node_ns = self
+            .known_node(node)
+            .map_err(|e| ProbeError::Io(std::io::Error::other(format!("{e:#}"))))?
+            .ns
+            .clone();
+        let mut args: Vec<OsString> = vec![self.bins.lab.clone().into(), "probe".into()];
+        match req.transport {
+            Transport::Tcp => args.extend([
+                "--tcp".into(),
+                req.addr.to_string().into(),
+                "--path".into(),
+                req.path.clone().into(),
+            ]),
+            Transport::Udp => args.extend([
+                "--udp".into(),
+                req.addr.to_string().into(),
+                "--msg".into(),
+                req.msg.clone().into(),
+            ]),
+        }
+        if let Some(port) = req.src_port {
+            args.extend(["--src-port".into(), port.to_string().into()]);
+        }
+        args.extend([
+            "--timeout-ms".into(),
+            req.timeout.as_millis().to_string().into(),
+            "--peer".into(),
+        ]);
+        let out = command_in(&node_ns, &args)
+            .and_then(|mut cmd| Ok(cmd.output()?))
+            .map_err(|e| ProbeError::Io(std::io::Error::other(format!("{e:#}"))))?;
+        if !out.status.success() {
+            return Err(ProbeError::from_message(
+                &String::from_utf8_lossy(&out.stderr),
+                req,
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (first, answer) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+        let peer = first
+            .strip_prefix("peer ")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| ProbeError::BadResponse(format!("probe printed {first:?}")))?;
+        Ok((peer, answer.trim_end().to_string()))
+    }
+
+    /// Routes `dest` (an address, or a prefix such as `10.96.0.0/16`) from the host (the
+    /// external client, `lbk-host`) via node `via_node`, as one routes a LoadBalancer IP to a
+    /// Kind node; replaces an earlier route to the same destination.
+    ///
+    /// # Errors
+    /// If the node is unknown or `ip` fails.
+    pub fn route_from_host(&self, dest: &str, via_node: &str) -> Result<()> {
+        let via = self.known_node(via_node)?.ip.to_string();
+        let dest = host_route_dest(dest)?;
+        crate::cmd::ip(&[
+            "-n",
+            crate::plan::HOST_NS,
+            "route",
+            "replace",
+            &dest,
+            "via",
+            &via,
+        ])?;
+        Ok(())
+    }
+
+    /// Removes the host's route to `dest` made by [`Lab::route_from_host`]; whether there was one.
+    ///
+    /// # Errors
+    /// If `dest` is not an address or prefix.
+    pub fn unroute_from_host(&self, dest: &str) -> Result<bool> {
+        let dest = host_route_dest(dest)?;
+        Ok(crate::cmd::ip(&["-n", crate::plan::HOST_NS, "route", "del", &dest]).is_ok())
+    }
+
+    /// Runs `lbctl --pin-dir <node's pin dir> <args>` and returns its stdout.
+    ///
+    /// # Errors
+    /// If lbctl cannot run or exits non-zero (with its stderr).
+    pub fn lbctl(&self, node: &str, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(&self.bins.lbctl);
+        cmd.arg("--pin-dir")
+            .arg(self.pin_dir(&self.known_node(node)?.name))
+            .args(args);
+        Ok(crate::cmd::run(&mut cmd)?)
+    }
+
     /// Where the agents read Services and EndpointSlices from.
     pub fn agent_source(&self) -> AgentSource {
         self.source
@@ -557,6 +678,9 @@ impl Lab {
             self.plan.namespaces().len()
         );
         topology::create(&self.plan)?;
+        for node in &self.plan.nodes {
+            cgroup::create(&node.name)?;
+        }
         if self.source == AgentSource::Kube {
             let cp = self.control_plane();
             println!("lab: starting the API server on {}", cp.url());
@@ -648,11 +772,12 @@ impl Lab {
             self.state.ready_file(&node.name).into(),
             "--cluster-cidr".into(),
             "10.244.0.0/16".into(),
-            // The lab has no cgroup of its own per node yet: the default (the machine's
-            // cgroup2 root) would put the socket programs under every process on the
-            // machine, outside the lab.
+            // The node's own cgroup, never the default (the machine's cgroup2 root), which
+            // would put the socket programs under every process on the machine.
             "--socket-lb".into(),
-            "false".into(),
+            "true".into(),
+            "--cgroup-path".into(),
+            cgroup::create(&node.name)?.into(),
         ]);
         args.extend(extra.iter().map(OsString::from));
         process::spawn(&DaemonSpec {
@@ -829,6 +954,14 @@ fn preflight(bins: &Binaries, opts: &UpOptions) -> Result<()> {
     Ok(())
 }
 
+/// `dest` as a route destination: an address becomes a /32, a prefix stays.
+fn host_route_dest(dest: &str) -> Result<String> {
+    let (addr, len) = dest.split_once('/').unwrap_or((dest, "32"));
+    let ok = addr.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
+    anyhow::ensure!(ok, "`{dest}` is not an IPv4 address or prefix");
+    Ok(format!("{addr}/{len}"))
+}
+
 /// A command that will run `args` inside namespace `ns` (short or full name).
 ///
 /// # Errors
@@ -841,5 +974,13 @@ pub fn command_in<S: AsRef<std::ffi::OsStr>>(ns: &str, args: &[S]) -> Result<Com
     let mut cmd = Command::new(program);
     cmd.args(rest);
     netns::enter_on_spawn(&mut cmd, &ns)?;
+    // A command in a node's namespace is one of the node's own processes (a hostNetwork pod,
+    // kubelet): it runs in the node's cgroup, under the agent's socket-level LB.
+    if let Some(node) = Plan::kind().nodes.iter().find(|n| n.ns == ns) {
+        let dir = cgroup::node_dir(&cgroup::root()?, &node.name);
+        if dir.is_dir() {
+            cgroup::enter_on_spawn(&mut cmd, &dir)?;
+        }
+    }
     Ok(cmd)
 }

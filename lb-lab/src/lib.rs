@@ -11,6 +11,7 @@
 
 pub mod apiserver;
 pub mod bpffs;
+pub mod cgroup;
 pub mod cli;
 pub mod cmd;
 pub mod control_plane;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand};
-use lb_lab::probe::{probe, ProbeRequest};
+use lb_lab::probe::{probe_with_peer, ProbeRequest};
 
 #[derive(Parser)]
 #[command(name = "lb-lab", about = "Echo server and probe client for the lb lab")]
@@ -50,6 +50,9 @@ enum Cmd {
         /// Number of requests (one connection or datagram each); stops at the first failure.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Print `peer <IP:PORT>` (the connected socket's getpeername) before each answer.
+        #[arg(long)]
+        peer: bool,
     },
     /// A Kubernetes API server for tests and the lab (Services, EndpointSlices, Nodes, Pods;
     /// list and watch; fault injection under /lab/). Plain HTTP, no authentication.
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             src_port,
             timeout_ms,
             count,
+            peer,
         } => {
             let req = match (tcp, udp) {
                 (Some(addr), _) => ProbeRequest::tcp(addr, &path),
@@ -144,8 +148,13 @@ fn main() -> ExitCode {
             .from_port(src_port)
             .with_timeout(Duration::from_millis(timeout_ms));
             for i in 1..=count {
-                match probe(&req) {
-                    Ok(answer) => println!("{answer}"),
+                match probe_with_peer(&req) {
+                    Ok((seen, answer)) => {
+                        if peer {
+                            println!("peer {seen}");
+                        }
+                        println!("{answer}");
+                    }
                     Err(e) => {
                         let which = if count > 1 {
                             format!(" {i}/{count}")

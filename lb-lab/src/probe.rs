@@ -97,6 +97,30 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
+    /// The error a `lb-lab probe` process reported on stderr (`probe ADDR: <error>`), read
+    /// back from its message, so a probe run as a separate process (inside a node's cgroup)
+    /// fails the same way an in-process one does.
+    pub fn from_message(stderr: &str, req: &ProbeRequest) -> Self {
+        let line = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        let msg = line.split_once(": ").map_or(line, |(_, m)| m).trim();
+        match msg {
+            "connection refused" => Self::Refused,
+            "connection reset" => Self::Reset,
+            "no route to host" => Self::NoRoute,
+            "network unreachable" => Self::NetworkUnreachable,
+            _ if msg.starts_with("timed out after") => Self::TimedOut(req.timeout),
+            _ if msg.starts_with("source port") => Self::SourcePortInUse(req.src_port.unwrap_or(0)),
+            _ => match msg.strip_prefix("HTTP ") {
+                Some(status) => Self::Http(status.to_string()),
+                None => Self::Io(io::Error::other(line.trim().to_string())),
+            },
+        }
+    }
+
     fn from_io(e: io::Error, req: &ProbeRequest) -> Self {
         use io::ErrorKind as K;
         match e.kind() {
@@ -117,11 +141,21 @@ impl ProbeError {
 /// # Errors
 /// A [`ProbeError`] naming what went wrong.
 pub fn probe(req: &ProbeRequest) -> Result<String, ProbeError> {
+    probe_with_peer(req).map(|(_, answer)| answer)
+}
+
+/// As [`probe`], also returning the socket's peer address as getpeername(2) reports it once
+/// connected (with socket-level load balancing, the service address rather than the backend).
+///
+/// # Errors
+/// A [`ProbeError`] naming what went wrong.
+pub fn probe_with_peer(req: &ProbeRequest) -> Result<(SocketAddr, String), ProbeError> {
     let io = |e| ProbeError::from_io(e, req);
     match req.transport {
         Transport::Tcp => {
             let stream = connect_tcp(req).map_err(io)?;
-            http_get(stream, req)
+            let peer = stream.peer_addr().map_err(io)?;
+            Ok((peer, http_get(stream, req)?))
         }
         Transport::Udp => {
             let socket = UdpSocket::bind(bind_addr(req)).map_err(io)?;
@@ -130,7 +164,11 @@ pub fn probe(req: &ProbeRequest) -> Result<String, ProbeError> {
             socket.send(req.msg.as_bytes()).map_err(io)?;
             let mut buf = [0u8; 2048];
             let n = socket.recv(&mut buf).map_err(io)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
+            let peer = socket.peer_addr().map_err(io)?;
+            Ok((
+                peer,
+                String::from_utf8_lossy(&buf[..n]).trim_end().to_string(),
+            ))
         }
     }
 }
@@ -232,6 +270,28 @@ mod tests {
         assert_eq!(refused.to_string(), "connection refused");
         let slow = ProbeError::from_io(io::ErrorKind::WouldBlock.into(), &req);
         assert_eq!(slow.to_string(), "timed out after 2000 ms");
+    }
+
+    #[test]
+    fn a_probe_process_error_reads_back_as_the_same_error() {
+        let req = ProbeRequest::tcp("10.96.0.1:80".parse().unwrap(), "/");
+        for e in [
+            ProbeError::Refused,
+            ProbeError::TimedOut(req.timeout),
+            ProbeError::Reset,
+            ProbeError::NoRoute,
+            ProbeError::Http("503 Service Unavailable".into()),
+        ] {
+            let stderr = format!("probe {}: {e}\n", req.addr);
+            assert_eq!(
+                ProbeError::from_message(&stderr, &req).to_string(),
+                e.to_string()
+            );
+        }
+        assert!(matches!(
+            ProbeError::from_message("something odd", &req),
+            ProbeError::Io(_)
+        ));
     }
 
     #[test]

@@ -38,9 +38,12 @@ pub fn run(
         None
     } else {
         let lock = lab_lock();
-        let lab = Lab::up(&bins, opts).expect("bringing the lab up");
+        // Wrapped before `setup`, so that a panicking setup still tears the lab down.
+        let lab = Lab::up(&bins, opts)
+            .expect("bringing the lab up")
+            .down_on_drop();
         setup(&lab);
-        Some((Arc::new(lab.down_on_drop()), lock))
+        Some((Arc::new(lab), lock))
     };
     let trials = scenarios
         .iter()

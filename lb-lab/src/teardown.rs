@@ -24,13 +24,19 @@ pub struct Teardown {
     pub stopped: Vec<(String, i32, Stopped)>,
     pub namespaces: Vec<String>,
     pub pin_dirs: Vec<PathBuf>,
+    /// The nodes' cgroups.
+    pub cgroups: Vec<PathBuf>,
     /// Processes still inside lab namespaces that the lab did not start (left alone).
     pub strangers: Vec<(String, i32)>,
 }
 
 impl fmt::Display for Teardown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.stopped.is_empty() && self.namespaces.is_empty() && self.pin_dirs.is_empty() {
+        if self.stopped.is_empty()
+            && self.namespaces.is_empty()
+            && self.pin_dirs.is_empty()
+            && self.cgroups.is_empty()
+        {
             return writeln!(f, "lab: nothing to remove");
         }
         let count = |how| self.stopped.iter().filter(|s| s.2 == how).count();
@@ -52,7 +58,7 @@ impl fmt::Display for Teardown {
             if self.namespaces.is_empty() { "" } else { ": " },
             self.namespaces.join(" ")
         )?;
-        for dir in &self.pin_dirs {
+        for dir in self.pin_dirs.iter().chain(&self.cgroups) {
             writeln!(f, "lab: removed {}", dir.display())?;
         }
         for (ns, pid) in &self.strangers {
@@ -67,7 +73,7 @@ impl fmt::Display for Teardown {
 
 /// Removes the lab, whatever state it is in: stops the processes in `<state_dir>/pids`
 /// (SIGTERM, SIGKILL after a grace period), deletes every `lbk-*` namespace, removes the
-/// agents' pin directories and the pid and ready files. Logs and manifests stay for
+/// agents' pin directories, the nodes' cgroups and the pid and ready files. Logs and manifests stay for
 /// inspection.
 ///
 /// # Errors
@@ -110,6 +116,13 @@ pub fn teardown(bins: &Binaries) -> Result<Teardown> {
     }
     match bpffs::remove_pin_dirs(plan.nodes.iter().map(|n| n.name.as_str())) {
         Ok(removed) => report.pin_dirs = removed,
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    // After the pin directories: with the agents gone and their pinned links unpinned, the
+    // socket programs are released with the cgroups; only processes could keep them busy, and
+    // every one the lab started has been stopped above.
+    match crate::cgroup::remove(plan.nodes.iter().map(|n| n.name.as_str())) {
+        Ok(removed) => report.cgroups = removed,
         Err(e) => errors.push(format!("{e:#}")),
     }
     for node in &plan.nodes {

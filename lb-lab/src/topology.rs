@@ -62,6 +62,7 @@ fn create_host() -> Result<()> {
     let addr = format!("{HOST_IP}/{}", NODE_NETWORK.prefix);
     ip(&["-n", HOST_NS, "addr", "add", &addr, "dev", "eth0"])?;
     ip(&["-n", HOST_NS, "link", "set", "eth0", "up"])?;
+    full_checksums(HOST_NS)?;
     Ok(())
 }
 
@@ -83,6 +84,7 @@ fn create_node(node: &Node, plan: &Plan) -> Result<()> {
     let addr = format!("{}/{}", node.ip, NODE_NETWORK.prefix);
     ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    full_checksums(ns)?;
     ip(&[
         "-n",
         ns,
@@ -169,5 +171,27 @@ fn attach_to_bridge(port: &str, ns: &str) -> Result<()> {
         "-n", NET_NS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
     ])?;
     ip(&["-n", NET_NS, "link", "set", port, "master", BRIDGE, "up"])?;
+    // XDP_TX on a node's eth0 (lb_xdp in native mode) hands the frame to this peer's NAPI
+    // queue, which a veth only has with GRO (or an XDP program) on: without it the kernel
+    // drops every XDP_TX frame.
+    ethtool(NET_NS, &["-K", port, "gro", "on"])?;
     Ok(())
+}
+
+/// Turns transmit checksum offload off on `eth0` in namespace `ns`: a veth otherwise sends
+/// CHECKSUM_PARTIAL packets (checksum left to "hardware" that never computes it), and once
+/// BPF has rewritten addresses and redirected such a packet, the receiver gets a wrong
+/// checksum. Real NICs hand over full checksums, which is what this simulates.
+fn full_checksums(ns: &str) -> Result<()> {
+    ethtool(ns, &["-K", "eth0", "tx", "off"])
+}
+
+/// Runs `ethtool <args>` inside namespace `ns` (entering only its network namespace).
+fn ethtool(ns: &str, args: &[&str]) -> Result<()> {
+    let mut cmd = std::process::Command::new("ethtool");
+    cmd.args(args);
+    netns::enter_on_spawn(&mut cmd, ns)?;
+    crate::cmd::run(&mut cmd)
+        .map(drop)
+        .with_context(|| format!("in {ns} (ethtool is needed to build the lab)"))
 }
