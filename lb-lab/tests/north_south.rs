@@ -511,7 +511,7 @@ fn no_endpoints_is_refused_at_once(lab: &Lab) -> Result<(), Failed> {
     for (from, to, node) in cases {
         for req in [
             ProbeRequest::tcp(to, "/"),
-            ProbeRequest::udp(to, "hostname"),
+            ProbeRequest::udp(udp_twin(to), "hostname"),
         ] {
             let before = counter(lab, node, "reject_no_backend")?;
             // The service may still be on its way into the maps: then the client sees
@@ -520,7 +520,8 @@ fn no_endpoints_is_refused_at_once(lab: &Lab) -> Result<(), Failed> {
                 check_refused(lab, from, &req)?;
                 let after = counter(lab, node, "reject_no_backend")?;
                 (after > before).then_some(()).ok_or(format!(
-                    "{node} counted no reject_no_backend ({before} -> {after})"
+                    "{from} -> {} refused, but {node} counted no reject_no_backend ({before} -> {after})",
+                    req.addr
                 ))
             })?;
         }
@@ -563,13 +564,16 @@ fn getpeername_shows_the_service_address(lab: &Lab) -> Result<(), Failed> {
     ] {
         for req in [
             ProbeRequest::tcp(to, "/hostname"),
-            ProbeRequest::udp(to, "hostname"),
+            ProbeRequest::udp(udp_twin(to), "hostname"),
         ] {
             let (peer, by) = eventually("a node process's request", || {
                 lab.probe_peer_from_node("worker2", &req)
                     .map_err(|e| e.to_string())
             })?;
-            println!("worker2 process -> {to}: answered by {by}, getpeername {peer}");
+            println!(
+                "worker2 process -> {}: answered by {by}, getpeername {peer}",
+                req.addr
+            );
             if peer != req.addr {
                 return Err(
                     format!("getpeername after connecting to {} gave {peer}", req.addr).into(),
