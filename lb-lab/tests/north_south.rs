@@ -315,9 +315,8 @@ fn check_refused(lab: &Lab, from: From, req: &ProbeRequest) -> Result<(), String
         Ok(answer) => Err(format!(
             "{from} -> {}: answered {answer:?}, expected refused",
             req.addr
-        )
-        .into()),
-        Err(e) => Err(format!("{from} -> {}: {e}, expected refused", req.addr).into()),
+        )),
+        Err(e) => Err(format!("{from} -> {}: {e}, expected refused", req.addr)),
     }
 }
 
