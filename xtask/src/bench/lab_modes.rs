@@ -51,9 +51,10 @@ const SERVICE_PORT: u16 = 80;
 const ECHO_PORT: u16 = lb_lab::ECHO_PORT;
 /// iperf3's port, served from [`STREAM_BACKEND`].
 pub const IPERF_PORT: u16 = 5201;
-/// The one backend of the `bench-stream` service (throughput, rr latency, UDP stream): an
-/// extra address of `worker-echo-1`, so the flow crosses from worker2 to worker.
-const STREAM_BACKEND: (Ipv4Addr, &str) = (Ipv4Addr::new(10, 244, 1, 250), "worker-echo-1");
+/// The one backend of the `bench-stream` service (throughput, rr latency, UDP stream):
+/// `worker-echo-1`'s own address, so the flow crosses from worker2 to worker. Not an extra
+/// address: the echo server's unconnected UDP socket answers from the primary address.
+const STREAM_BACKEND: (Ipv4Addr, &str) = (Ipv4Addr::new(10, 244, 1, 2), "worker-echo-1");
 /// The backend of `bench-change`, whose readiness the endpoint-change timing flips.
 pub const CHANGE_BACKEND: (Ipv4Addr, &str) = (Ipv4Addr::new(10, 244, 1, 251), "worker-echo-2");
 pub const CHANGE_POD: &str = "bench-change";
@@ -225,12 +226,10 @@ impl LabBench {
     }
 
     fn make_fixed_services(&mut self) -> Result<()> {
-        for (ip, pod) in [STREAM_BACKEND, CHANGE_BACKEND] {
-            self.add_address(&Backend {
-                ip,
-                pod: pod.into(),
-            })?;
-        }
+        self.add_address(&Backend {
+            ip: CHANGE_BACKEND.0,
+            pod: CHANGE_BACKEND.1.into(),
+        })?;
         let node = |pod: &str| -> Result<String> {
             Ok(self.lab.pod(pod).context("echo pod")?.node.clone())
         };
@@ -421,12 +420,13 @@ impl LabBench {
                 std::fs::remove_dir_all(&links)
                     .with_context(|| format!("unpinning {}", links.display()))?;
             }
-            let left = self.lab.datapath_program_ids(&node.name)?;
-            ensure!(
-                left.is_empty(),
-                "programs {left:?} still attached on node {}",
-                node.name
-            );
+            // The kernel frees an unpinned link from a work queue: wait for the detach.
+            let mut left = Vec::new();
+            wait_until(Duration::from_secs(10), || {
+                left = self.lab.datapath_program_ids(&node.name)?;
+                Ok(left.is_empty())
+            })
+            .with_context(|| format!("programs {left:?} still attached on node {}", node.name))?;
         }
         Ok(())
     }

@@ -174,8 +174,13 @@ fn measure_and_report(settings: &Settings, dir: &std::path::Path) -> Result<Resu
             }
             None => bar.set_message(msg.to_string()),
         }
-        // Also in the log: a bar alone leaves nothing behind when a run fails.
-        bar.println(format!("bench: {msg}"));
+        // Also in the log: a bar alone leaves nothing behind when a run fails, and a hidden
+        // bar (no terminal) prints nothing at all.
+        if bar.is_hidden() {
+            eprintln!("bench: {msg}");
+        } else {
+            bar.println(format!("bench: {msg}"));
+        }
     };
     // The lab parts share one lab, brought up once for all of them (at the first of them).
     let mut lab = traffic::Once::default();

@@ -103,6 +103,7 @@ impl Once {
             return Ok(());
         }
         run(settings, results, status)
+            .context("the lab parts (connect, conn-rate, throughput, cpu, ebpf programming)")
     }
 }
 
@@ -167,6 +168,33 @@ fn measure_size(
         return Ok(());
     }
     let mut samples = Samples::default();
+    let measured = rounds(bench, settings, &traffic, amounts, size, &mut samples, results, status);
+    // Whatever was measured is reported, also when a later mode failed.
+    for ((metric, mode), d) in samples.durations {
+        results.figures.extend(Figure::durations(metric, mode.name(), size, "us", &d));
+    }
+    for ((metric, mode), v) in samples.values {
+        let unit = match metric {
+            "conn_rate" => "conn/s",
+            "throughput" => "Gbit/s",
+            _ => "ms",
+        };
+        results.push(summary(metric, mode.name(), size, unit, &v));
+    }
+    measured
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rounds(
+    bench: &mut LabBench,
+    settings: &Settings,
+    traffic: &[Part],
+    amounts: &Amounts,
+    (n, e): (usize, usize),
+    samples: &mut Samples,
+    results: &mut Results,
+    status: &mut dyn FnMut(&str),
+) -> Result<()> {
     let modes = &settings.modes;
     for round in 0..amounts.rounds {
         for k in 0..modes.len() {
@@ -179,24 +207,13 @@ fn measure_size(
             ));
             bench.switch(mode)?;
             wait_reachable(bench, mode)?;
-            for &part in &traffic {
+            for &part in traffic {
                 status(&format!("{n}x{e}: {} {part:?}", mode.name()));
-                measure(bench, part, mode, amounts, round, &mut samples, results)
+                measure(bench, part, mode, amounts, round, samples, results)
                     .with_context(|| format!("{part:?} in mode {} at {n}x{e}", mode.name()))?;
             }
             status(&format!("{STEP_DONE}{n}x{e} {}", mode.name()));
         }
-    }
-    for ((metric, mode), d) in samples.durations {
-        results.figures.extend(Figure::durations(metric, mode.name(), size, "us", &d));
-    }
-    for ((metric, mode), v) in samples.values {
-        let unit = match metric {
-            "conn_rate" => "conn/s",
-            "throughput" => "Gbit/s",
-            _ => "ms",
-        };
-        results.push(summary(metric, mode.name(), size, unit, &v));
     }
     Ok(())
 }
@@ -231,7 +248,36 @@ fn wait_reachable(bench: &LabBench, mode: Mode) -> Result<()> {
         last = failures.into_iter().chain(failures2).collect::<Vec<_>>().join("; ");
         Ok(ok.len() == 1 && ok2.len() == 1)
     })
-    .with_context(|| format!("mode {} never carried traffic: {last}", mode.name()))
+    .with_context(|| {
+        format!(
+            "mode {} never carried traffic: {last}{}",
+            mode.name(),
+            diagnose(bench, mode, targets[1])
+        )
+    })
+}
+
+/// What the client node's ruleset did with `target`, for an error message.
+fn diagnose(bench: &LabBench, mode: Mode, target: SocketAddr) -> String {
+    let cmd: &[&str] = match mode {
+        Mode::Iptables => &["iptables-save", "-c", "-t", "nat"],
+        Mode::Nftables => &["nft", "list", "ruleset"],
+        _ => return String::new(),
+    };
+    let ip = target.ip().to_string();
+    let mut out = String::new();
+    for node in [CLIENT_NODE, "worker"] {
+        if let Ok(o) = bench.lab.exec(node, cmd) {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(&ip) || l.contains("10.244.1.2:") || l.contains("-A KUBE-SERVICES") || l.contains("PREROUTING"))
+                .take(40)
+                .collect();
+            out += &format!("\n{node}:\n{}", lines.join("\n"));
+        }
+    }
+    out
 }
 
 fn client_ns(bench: &LabBench) -> Result<String> {
