@@ -312,7 +312,7 @@ impl LabBench {
         if endpoints != self.loaded_endpoints || services < self.loaded {
             self.delete_services(0..self.loaded)?;
             self.loaded = 0;
-            self.model.retain(|s| !s.name.starts_with("bench-s"));
+            self.model.retain(|s| !is_numbered_service(&s.name));
             self.targets.services.clear();
         }
         let p = self.pool.len();
@@ -481,6 +481,12 @@ impl Drop for IperfServer {
     }
 }
 
+/// `bench-s<i>`: one of the N loaded services (not `bench-stream` or `bench-change`).
+fn is_numbered_service(name: &str) -> bool {
+    name.strip_prefix("bench-s")
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn endpoint(ip: Ipv4Addr, port: u16) -> BenchEndpoint {
     BenchEndpoint {
         ip,
@@ -614,4 +620,18 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Re
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_numbered_services_are_replaced_on_reload() {
+        assert!(is_numbered_service("bench-s0"));
+        assert!(is_numbered_service("bench-s12345"));
+        assert!(!is_numbered_service("bench-stream"));
+        assert!(!is_numbered_service(CHANGE_POD));
+        assert!(!is_numbered_service("bench-s"));
+    }
 }
