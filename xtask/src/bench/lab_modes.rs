@@ -174,7 +174,11 @@ impl LabBench {
     fn make_pool(&mut self, max_endpoints: usize, status: &mut dyn FnMut(&str)) -> Result<()> {
         let echo = self.echo_pods();
         let per_pod = max_endpoints.div_ceil(echo.len()).max(1);
-        ensure!(per_pod <= 10, "at most {} endpoints per service", 10 * echo.len());
+        ensure!(
+            per_pod <= 10,
+            "at most {} endpoints per service",
+            10 * echo.len()
+        );
         status(&format!("adding {} pool addresses", per_pod * echo.len()));
         for a in 0..per_pod {
             for pod in &echo {
@@ -220,7 +224,14 @@ impl LabBench {
                 }
             }
             let node = self.lab.pod(&b.pod).context("echo pod")?.node.clone();
-            create_pod(&self.api, &format!("bench-p{j}"), &labels, b.ip, &node, true)?;
+            create_pod(
+                &self.api,
+                &format!("bench-p{j}"),
+                &labels,
+                b.ip,
+                &node,
+                true,
+            )?;
         }
         Ok(())
     }
@@ -291,14 +302,12 @@ impl LabBench {
     /// stream backend's), until the bench ends.
     fn start_iperf(&mut self) -> Result<()> {
         let pod = self.lab.pod(STREAM_BACKEND.1).context("echo pod")?;
-        let child = lb_lab::lab::command_in(
-            &pod.ns,
-            &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
-        )?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 -s (is iperf3 installed?)")?;
+        let child =
+            lb_lab::lab::command_in(&pod.ns, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()])?
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting iperf3 -s (is iperf3 installed?)")?;
         self.iperf = Some(IperfServer(child));
         std::thread::sleep(Duration::from_millis(300));
         Ok(())
@@ -330,7 +339,9 @@ impl LabBench {
                 .map(|m| endpoint(self.pool[(i % p + m) % p].ip, ECHO_PORT))
                 .collect();
             self.model.push(svc);
-            self.targets.services.push(SocketAddr::from((vip, SERVICE_PORT)));
+            self.targets
+                .services
+                .push(SocketAddr::from((vip, SERVICE_PORT)));
         }
         self.loaded = services;
         self.loaded_endpoints = endpoints;
@@ -371,9 +382,9 @@ impl LabBench {
         }
         match self.mode {
             Mode::Ebpf => self.stop_datapath()?,
-            Mode::Iptables => self.for_nodes(|ns, cfg, model| {
-                apply::remove_iptables(ns, model, cfg).map(drop)
-            })?,
+            Mode::Iptables => {
+                self.for_nodes(|ns, cfg, model| apply::remove_iptables(ns, model, cfg).map(drop))?
+            }
             Mode::Nftables => self.for_nodes(|ns, _, _| apply::remove_nftables(ns).map(drop))?,
             Mode::Direct => {}
         }
@@ -441,7 +452,10 @@ impl LabBench {
     /// The agent of `node` restarted with no maps and no links: the time from its start
     /// until its maps hold every loaded service (a full program from empty).
     pub fn program_from_empty(&self, node: &str) -> Result<Duration> {
-        ensure!(self.mode == Mode::Ebpf, "program_from_empty needs ebpf mode");
+        ensure!(
+            self.mode == Mode::Ebpf,
+            "program_from_empty needs ebpf mode"
+        );
         self.lab.kill_agent(node)?;
         std::fs::remove_dir_all(self.lab.pin_dir(node)).context("removing the node's pins")?;
         let started = Instant::now();

@@ -29,7 +29,9 @@ impl Machine {
             cpu,
             cores,
             kernel,
-            date: jiff::Timestamp::now().round(jiff::Unit::Second).map_or_else(|_| String::new(), |t| t.to_string()),
+            date: jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .map_or_else(|_| String::new(), |t| t.to_string()),
             iptables: version(&["iptables-restore", "--version"]),
             nft: version(&["nft", "--version"]),
         }

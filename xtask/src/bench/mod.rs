@@ -6,8 +6,8 @@
 //! runs each [`Part`] in turn for every size and mode, collecting [`results::Figure`]s, and
 //! then writes the report.
 
-pub mod kube_proxy;
 mod client;
+pub mod kube_proxy;
 mod lab_modes;
 mod machine;
 mod plots;
@@ -108,8 +108,15 @@ pub fn smoke() -> Result<()> {
         }
         for metric in part_metrics(*part) {
             for mode in part_subjects(*part) {
-                if !results.figures.iter().any(|f| f.metric == *metric && mode.map_or(true, |m| f.subject == m.name())) {
-                    missing.push(format!("{part:?}: {metric} {}", mode.map_or("", |m| m.name())));
+                if !results
+                    .figures
+                    .iter()
+                    .any(|f| f.metric == *metric && mode.is_none_or(|m| f.subject == m.name()))
+                {
+                    missing.push(format!(
+                        "{part:?}: {metric} {}",
+                        mode.map_or("", |m| m.name())
+                    ));
                 }
             }
             if !report.contains(metric) {
@@ -126,7 +133,10 @@ pub fn smoke() -> Result<()> {
         missing.join(", "),
         results.notes
     );
-    crate::run::say(&format!("bench smoke test: report and plots in {}", dir.display()));
+    crate::run::say(&format!(
+        "bench smoke test: report and plots in {}",
+        dir.display()
+    ));
     Ok(())
 }
 

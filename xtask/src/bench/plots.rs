@@ -25,12 +25,32 @@ pub fn draw(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
     register_font()?;
     let mut written = Vec::new();
     for (metric, file, title) in [
-        ("connect_latency", "connect_latency.png", "TCP connect latency (p50) vs services"),
-        ("conn_rate", "conn_rate.png", "New connections per second vs services"),
-        ("program_full", "program_full.png", "Program N services from empty (p50)"),
-        ("endpoint_change", "endpoint_change.png", "Endpoint change until traffic follows (p50)"),
+        (
+            "connect_latency",
+            "connect_latency.png",
+            "TCP connect latency (p50) vs services",
+        ),
+        (
+            "conn_rate",
+            "conn_rate.png",
+            "New connections per second vs services",
+        ),
+        (
+            "program_full",
+            "program_full.png",
+            "Program N services from empty (p50)",
+        ),
+        (
+            "endpoint_change",
+            "endpoint_change.png",
+            "Endpoint change until traffic follows (p50)",
+        ),
     ] {
-        let figs: Vec<&Figure> = results.figures.iter().filter(|f| f.metric == metric).collect();
+        let figs: Vec<&Figure> = results
+            .figures
+            .iter()
+            .filter(|f| f.metric == metric)
+            .collect();
         if figs.is_empty() {
             continue;
         }
@@ -45,7 +65,11 @@ pub fn draw(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
         .collect();
     if !per_packet.is_empty() {
         let path = dir.join("ns_per_packet.png");
-        bars(&path, "Datapath cost per packet (BPF_PROG_TEST_RUN)", &per_packet)?;
+        bars(
+            &path,
+            "Datapath cost per packet (BPF_PROG_TEST_RUN)",
+            &per_packet,
+        )?;
         written.push(path);
     }
     Ok(written)
@@ -95,7 +119,9 @@ fn lines_vs_n(path: &Path, title: &str, figs: &[&Figure]) -> Result<()> {
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart.draw_series(
             points
                 .into_iter()
@@ -145,7 +171,10 @@ fn bars(path: &Path, title: &str, figs: &[&Figure]) -> Result<()> {
         } else {
             COLORS[0]
         };
-        Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.9, f.p50)], color.filled())
+        Rectangle::new(
+            [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, f.p50)],
+            color.filled(),
+        )
     }))?;
     // Names on the bars: the subjects are long, an axis would overlap them.
     chart.draw_series(figs.iter().enumerate().map(|(i, f)| {

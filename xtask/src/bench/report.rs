@@ -24,7 +24,11 @@ pub const METRICS: [(&str, &str, bool); 11] = [
     ("rr_latency", "Request/response latency, established", false),
     ("cpu_per_mpkt", "Kernel CPU per million packets", false),
     ("program_full", "Program N services from empty", false),
-    ("endpoint_change", "Endpoint change until it takes effect", false),
+    (
+        "endpoint_change",
+        "Endpoint change until it takes effect",
+        false,
+    ),
     ("ns_per_packet", "Datapath cost per packet", false),
     ("agent_rss", "Agent RSS", false),
     ("map_memory", "BPF map memory", false),
@@ -92,12 +96,12 @@ fn markdown(
     let _ = writeln!(s, "| nft | {} |", machine.nft);
     let modes: Vec<&str> = settings.modes.iter().map(|m| m.name()).collect();
     let _ = writeln!(s, "| modes | {} |", modes.join(", "));
+    let _ = writeln!(s, "| services (N) | {} |", join(&settings.services));
     let _ = writeln!(
         s,
-        "| services (N) | {} |",
-        join(&settings.services)
+        "| endpoints per service | {} |",
+        join(&settings.endpoints)
     );
-    let _ = writeln!(s, "| endpoints per service | {} |", join(&settings.endpoints));
     let _ = writeln!(
         s,
         "| quick | {} |\n| run time | {:.0} s |\n",
@@ -117,7 +121,11 @@ fn markdown(
 
     let _ = writeln!(s, "## Figures\n");
     for (metric, title, higher) in METRICS {
-        let figs: Vec<&Figure> = results.figures.iter().filter(|f| f.metric == metric).collect();
+        let figs: Vec<&Figure> = results
+            .figures
+            .iter()
+            .filter(|f| f.metric == metric)
+            .collect();
         if figs.is_empty() {
             continue;
         }
@@ -274,27 +282,37 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
 
     let what = "ebpf connect p50 at 30k services within 10% of p50 at 100";
-    out.push(match (at(r, "connect_latency", "ebpf", 100), at(r, "connect_latency", "ebpf", 30_000)) {
-        (Some(a), Some(b)) => Target {
-            what,
-            measured: format!("{:.1} vs {:.1} us: ×{:.2}", b.p50, a.p50, b.p50 / a.p50),
-            verdict: Verdict::of(b.p50 <= a.p50 * 1.10),
+    out.push(
+        match (
+            at(r, "connect_latency", "ebpf", 100),
+            at(r, "connect_latency", "ebpf", 30_000),
+        ) {
+            (Some(a), Some(b)) => Target {
+                what,
+                measured: format!("{:.1} vs {:.1} us: ×{:.2}", b.p50, a.p50, b.p50 / a.p50),
+                verdict: Verdict::of(b.p50 <= a.p50 * 1.10),
+            },
+            _ => not_measured(what, "needs N=100 and N=30000"),
         },
-        _ => not_measured(what, "needs N=100 and N=30000"),
-    });
+    );
 
     let what = "ebpf connect p50 at 10k services below iptables' p01";
-    out.push(match (at(r, "connect_latency", "ebpf", 10_000), at(r, "connect_latency", "iptables", 10_000)) {
-        (Some(a), Some(b)) if b.p01.is_some() => {
-            let p01 = b.p01.unwrap_or_default();
-            Target {
-                what,
-                measured: format!("{:.1} us vs {:.1} us", a.p50, p01),
-                verdict: Verdict::of(a.p50 < p01),
+    out.push(
+        match (
+            at(r, "connect_latency", "ebpf", 10_000),
+            at(r, "connect_latency", "iptables", 10_000),
+        ) {
+            (Some(a), Some(b)) if b.p01.is_some() => {
+                let p01 = b.p01.unwrap_or_default();
+                Target {
+                    what,
+                    measured: format!("{:.1} us vs {:.1} us", a.p50, p01),
+                    verdict: Verdict::of(a.p50 < p01),
+                }
             }
-        }
-        _ => not_measured(what, "needs N=10000 in ebpf and iptables modes"),
-    });
+            _ => not_measured(what, "needs N=10000 in ebpf and iptables modes"),
+        },
+    );
 
     let what = "throughput ≥ 95% of direct and ≥ iptables";
     out.push(largest(r, "throughput").map_or_else(
@@ -395,7 +413,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 verdict: Verdict::of(worst.p50 <= 2.0 * fl.p50),
             }
         }
-        _ => not_measured(what, "no ns_per_packet figures for a floor and established flows"),
+        _ => not_measured(
+            what,
+            "no ns_per_packet figures for a floor and established flows",
+        ),
     });
 
     let what = "agent RSS ≤ 100 MiB at 10k × 10";
@@ -453,7 +474,10 @@ fn largest(r: &Results, metric: &str) -> Option<(usize, usize)> {
 }
 
 fn join(v: &[usize]) -> String {
-    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn num(v: f64) -> String {
@@ -508,6 +532,9 @@ mod tests {
         };
         let mut s = String::new();
         summary_table(&mut s, &settings, &r);
-        assert!(s.contains("| conn_rate (us) | 100 × 2 | 3000 | 1500 | – | – | 2.00 | – | – |"), "{s}");
+        assert!(
+            s.contains("| conn_rate (us) | 100 × 2 | 3000 | 1500 | – | – | 2.00 | – | – |"),
+            "{s}"
+        );
     }
 }

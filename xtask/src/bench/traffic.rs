@@ -126,7 +126,9 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
     bench.create_pool_pods(&settings.endpoints)?;
     let outcome = (|| -> Result<()> {
         for &size in &sizes {
-            measure_size(&mut bench, settings, &parts, &amounts, size, results, status)?;
+            measure_size(
+                &mut bench, settings, &parts, &amounts, size, results, status,
+            )?;
         }
         Ok(())
     })();
@@ -168,10 +170,21 @@ fn measure_size(
         return Ok(());
     }
     let mut samples = Samples::default();
-    let measured = rounds(bench, settings, &traffic, amounts, size, &mut samples, results, status);
+    let measured = rounds(
+        bench,
+        settings,
+        &traffic,
+        amounts,
+        size,
+        &mut samples,
+        results,
+        status,
+    );
     // Whatever was measured is reported, also when a later mode failed.
     for ((metric, mode), d) in samples.durations {
-        results.figures.extend(Figure::durations(metric, mode.name(), size, "us", &d));
+        results
+            .figures
+            .extend(Figure::durations(metric, mode.name(), size, "us", &d));
     }
     for ((metric, mode), v) in samples.values {
         let unit = match metric {
@@ -245,7 +258,11 @@ fn wait_reachable(bench: &LabBench, mode: Mode) -> Result<()> {
             lb_lab::netns::run_in(&ns, || client::connect_latency(&targets[..1], 1, 1))?;
         let (ok2, failures2) =
             lb_lab::netns::run_in(&ns, || client::connect_latency(&targets[1..], 1, 1))?;
-        last = failures.into_iter().chain(failures2).collect::<Vec<_>>().join("; ");
+        last = failures
+            .into_iter()
+            .chain(failures2)
+            .collect::<Vec<_>>()
+            .join("; ");
         Ok(ok.len() == 1 && ok2.len() == 1)
     })
     .with_context(|| {
@@ -271,7 +288,12 @@ fn diagnose(bench: &LabBench, mode: Mode, target: SocketAddr) -> String {
             let text = String::from_utf8_lossy(&o.stdout);
             let lines: Vec<&str> = text
                 .lines()
-                .filter(|l| l.contains(&ip) || l.contains("10.244.1.2:") || l.contains("-A KUBE-SERVICES") || l.contains("PREROUTING"))
+                .filter(|l| {
+                    l.contains(&ip)
+                        || l.contains("10.244.1.2:")
+                        || l.contains("-A KUBE-SERVICES")
+                        || l.contains("PREROUTING")
+                })
                 .take(40)
                 .collect();
             out += &format!("\n{node}:\n{}", lines.join("\n"));
@@ -437,13 +459,9 @@ fn programming(
         ));
         full.push(bench.program_from_empty(CLIENT_NODE)?);
     }
-    results.figures.extend(Figure::durations(
-        "program_full",
-        "ebpf",
-        size,
-        "ms",
-        &full,
-    ));
+    results
+        .figures
+        .extend(Figure::durations("program_full", "ebpf", size, "ms", &full));
     let ns = client_ns(bench)?;
     let target = bench.targets.change.context("change service")?;
     let answers = |timeout: Duration| -> Result<bool> {
