@@ -112,6 +112,8 @@ fn lines_vs_n(path: &Path, title: &str, figs: &[&Figure]) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("services (N)")
+        .x_labels(8)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(figs[0].unit.as_str())
         .draw()?;
     for (i, (name, points)) in series.into_iter().enumerate() {
