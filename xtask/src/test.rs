@@ -40,6 +40,21 @@ pub fn run_tests(args: &TestArgs) -> Result<()> {
         .env("LB_EBPF_OBJECT", &artifacts.ebpf_object)
         .env("LB_BIN_DIR", &artifacts.bin_dir))
     .context("tests failed")?;
+    bench_smoke()?;
     say(&format!("all tests passed in {:.0?}", started.elapsed()));
     Ok(())
+}
+
+/// `cargo xtask bench --quick` as a smoke test of the harness (it needs the lab, so root).
+fn bench_smoke() -> Result<()> {
+    if !lb_lab::testing::is_root() {
+        anyhow::ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the bench smoke test must run as root (CI=true, so not skipping)"
+        );
+        say("skipped the bench smoke test: must run as root (it builds the lab)");
+        return Ok(());
+    }
+    say("bench smoke test: cargo xtask bench --quick");
+    crate::bench::smoke().context("bench smoke test failed")
 }

@@ -6,12 +6,18 @@
 //! runs each [`Part`] in turn for every size and mode, collecting [`results::Figure`]s, and
 //! then writes the report.
 
+mod client;
 pub mod kube_proxy;
+mod lab_modes;
+mod machine;
+mod plots;
 mod programming;
-// Filled by the measurement parts as they land.
+mod report;
+// Some helpers are for the parts that land in other branches.
 #[allow(dead_code)]
 mod results;
 mod stats;
+mod traffic;
 
 use anyhow::Result;
 
@@ -66,28 +72,158 @@ impl BenchArgs {
     }
 }
 
+/// A status message that starts with this marks one step (a size in a mode) done: the bar
+/// moves on. Any other message only changes the bar's text.
+pub const STEP_DONE: &str = "\u{2713} ";
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(cmd) = &args.cmd {
         return match cmd {
             BenchCommand::Programming(a) => programming::run(a),
         };
     }
-    let settings = args.settings();
-    let mut results = Results::default();
+    let dir = crate::build::workspace_root().join("target/bench");
+    measure_and_report(&args.settings(), &dir).map(drop)
+}
+
+/// The smoke test `cargo xtask test` runs: the `--quick` bench, every part and mode, with its
+/// report under `target/bench/quick/`; fails unless every part that this build measures
+/// produced figures and the report and plots were written. Asserts no timing.
+pub fn smoke() -> Result<()> {
+    let settings = Settings {
+        quick: true,
+        services: vec![100],
+        endpoints: vec![2],
+        modes: Mode::ALL.to_vec(),
+        parts: Part::ALL.to_vec(),
+    };
+    let dir = crate::build::workspace_root().join("target/bench/quick");
+    let results = measure_and_report(&settings, &dir)?;
+    let report = std::fs::read_to_string(dir.join("report.md"))?;
+    let mut missing = Vec::new();
     for part in &settings.parts {
-        results.note(format!("{part:?}: not measured yet"));
+        if results.notes.contains(&not_built_note(*part)) {
+            crate::run::say(&format!("smoke test: {part:?} is not in this build"));
+            continue;
+        }
+        for metric in part_metrics(*part) {
+            for mode in part_subjects(*part) {
+                if !results
+                    .figures
+                    .iter()
+                    .any(|f| f.metric == *metric && mode.is_none_or(|m| f.subject == m.name()))
+                {
+                    missing.push(format!(
+                        "{part:?}: {metric} {}",
+                        mode.map_or("", |m| m.name())
+                    ));
+                }
+            }
+            if !report.contains(metric) {
+                missing.push(format!("report.md does not mention {metric}"));
+            }
+        }
     }
-    let workspace = crate::build::workspace_root();
-    let dir = workspace.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("bench.json");
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "settings": settings,
-            "results": results,
-        }))?,
-    )?;
-    crate::run::say(&format!("raw figures in {}", file.display()));
+    if !dir.join("connect_latency.png").exists() {
+        missing.push("connect_latency.png".into());
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the quick bench left out: {}\nnotes: {:#?}",
+        missing.join(", "),
+        results.notes
+    );
+    crate::run::say(&format!(
+        "bench smoke test: report and plots in {}",
+        dir.display()
+    ));
     Ok(())
+}
+
+/// The metrics each part must produce.
+fn part_metrics(part: Part) -> &'static [&'static str] {
+    match part {
+        Part::Connect => &["connect_latency"],
+        Part::ConnRate => &["conn_rate"],
+        Part::Throughput => &["throughput", "rr_latency"],
+        Part::Cpu => &["cpu_per_mpkt"],
+        Part::Programming => &["program_full", "endpoint_change"],
+        Part::Datapath => &["ns_per_packet"],
+        Part::Memory => &["agent_rss", "map_memory"],
+    }
+}
+
+/// Whose figures each part must have: every mode for the traffic parts, anyone otherwise.
+fn part_subjects(part: Part) -> Vec<Option<Mode>> {
+    match part {
+        Part::Connect | Part::ConnRate | Part::Throughput | Part::Cpu => {
+            Mode::ALL.iter().copied().map(Some).collect()
+        }
+        Part::Programming => vec![Some(Mode::Ebpf)],
+        Part::Datapath | Part::Memory => vec![None],
+    }
+}
+
+/// Runs every part of `settings` and writes the report into `dir`.
+fn measure_and_report(settings: &Settings, dir: &std::path::Path) -> Result<Results> {
+    let started = std::time::Instant::now();
+    let mut results = Results::default();
+    let steps = settings.parts.len() * settings.sizes().len() * settings.modes.len();
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let mut status = |msg: &str| {
+        match msg.strip_prefix(STEP_DONE) {
+            Some(rest) => {
+                bar.inc(1);
+                bar.set_message(rest.to_string());
+            }
+            None => bar.set_message(msg.to_string()),
+        }
+        // Also in the log: a bar alone leaves nothing behind when a run fails, and a hidden
+        // bar (no terminal) prints nothing at all.
+        if bar.is_hidden() {
+            eprintln!("bench: {msg}");
+        } else {
+            bar.println(format!("bench: {msg}"));
+        }
+    };
+    // The lab parts share one lab, brought up once for all of them (at the first of them).
+    let mut lab = traffic::Once::default();
+    for &part in &settings.parts {
+        let (settings, results) = (&settings, &mut results);
+        let outcome = match part {
+            Part::Datapath => not_built(part, results),
+            Part::Memory => not_built(part, results),
+            Part::Programming => lab.run(settings, results, &mut status),
+            Part::Connect => lab.run(settings, results, &mut status),
+            Part::ConnRate => lab.run(settings, results, &mut status),
+            Part::Throughput => lab.run(settings, results, &mut status),
+            Part::Cpu => lab.run(settings, results, &mut status),
+        };
+        if let Err(e) = outcome {
+            results.note(format!("{part:?} failed: {e:#}"));
+            status(&format!("{part:?} failed: {e:#}"));
+        }
+    }
+    bar.finish_with_message("done");
+    let written = report::write(dir, settings, &results, started.elapsed())?;
+    for file in written {
+        crate::run::say(&format!("wrote {}", file.display()));
+    }
+    Ok(results)
+}
+
+/// A part whose measurement is not in this build: the report says so.
+fn not_built(part: Part, results: &mut Results) -> Result<()> {
+    results.note(not_built_note(part));
+    Ok(())
+}
+
+fn not_built_note(part: Part) -> String {
+    format!("{part:?}: not measured by this build")
 }
