@@ -19,6 +19,7 @@
 //! raw BPF commands aya does not expose in [`sys`].
 
 pub mod cgroup;
+pub mod driver;
 pub mod node;
 pub mod sys;
 pub mod uplink;

@@ -18,6 +18,7 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `enum bpf_attach_type` values of the cgroup sock_addr hooks (include/uapi/linux/bpf.h).
 pub mod attach_type {
@@ -127,4 +128,25 @@ pub fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()> {
         ..Default::default()
     };
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// `union bpf_attr` for BPF_LINK_DETACH.
+#[repr(C)]
+#[derive(Default)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// Detaches the link pinned at `path` now and unpins it.
+///
+/// Unpinning alone leaves the detach to the kernel's deferred release of the last
+/// reference, so a new attachment right after (XDP in the other mode) could still find the
+/// old one there and be refused.
+pub fn detach_pinned(path: &Path) -> io::Result<()> {
+    let link = obj_get(path)?;
+    let mut attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_DETACH, &mut attr)?;
+    std::fs::remove_file(path)
 }
