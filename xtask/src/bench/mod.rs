@@ -6,6 +6,7 @@
 //! runs each [`Part`] in turn for every size and mode, collecting [`results::Figure`]s, and
 //! then writes the report.
 
+mod datapath;
 pub mod kube_proxy;
 mod programming;
 // Filled by the measurement parts as they land.
@@ -79,6 +80,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut status = |s: &str| crate::run::say(s);
     for part in &settings.parts {
         match part {
+            Part::Datapath => datapath::run(&settings, &mut results, &mut status)?,
             Part::Programming => rule_apply::run(&settings, &mut results, &mut status)?,
             _ => results.note(format!("{part:?}: not measured yet")),
         }
