@@ -8,6 +8,7 @@
 
 mod datapath;
 pub mod kube_proxy;
+mod memory;
 mod programming;
 // Filled by the measurement parts as they land.
 #[allow(dead_code)]
@@ -81,6 +82,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for part in &settings.parts {
         match part {
             Part::Datapath => datapath::run(&settings, &mut results, &mut status)?,
+            Part::Memory => memory::run(&settings, &mut results, &mut status)?,
             Part::Programming => rule_apply::run(&settings, &mut results, &mut status)?,
             _ => results.note(format!("{part:?}: not measured yet")),
         }
