@@ -45,6 +45,9 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
         release: !settings.quick,
     })?;
     let agent = artifacts.bin_dir.join("lb-agent");
+    // The lab's teardown deletes every `lbk-*` namespace, ours included: hold the lab's
+    // lock so no lab comes or goes meanwhile.
+    let _lab = lb_lab::testing::lab_lock();
     let mut sizes = settings.sizes();
     let check_100k = !settings.quick && !sizes.iter().any(|s| s.0 >= HUNDRED_K.0);
     if check_100k {

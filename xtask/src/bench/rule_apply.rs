@@ -48,6 +48,9 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
     if tools.is_empty() {
         return Ok(());
     }
+    // The lab's teardown deletes every `lbk-*` namespace, ours included: hold the lab's
+    // lock so no lab comes or goes meanwhile.
+    let _lab = lb_lab::testing::lab_lock();
     let ns = Throwaway::create(&format!("lbk-rules-{}", std::process::id()))?;
     if tools.contains(&Mode::Iptables) {
         results.note(format!(
