@@ -60,6 +60,14 @@ pub const SOCK_REV_MAX: u32 = 65_536;
 /// Room for reasons added later without changing the map.
 pub const COUNTERS_MAX: u32 = 64;
 
+/// [`crate::FrontendKey`] -> [`crate::Frontend`]: the bench's floor program (`lb_floor_tc`,
+/// `lb_floor_xdp`) parses and does one lookup here, the least any service datapath does.
+/// Not pinned and not in [`ALL`]: the agent never attaches the floor programs, and the
+/// object declares it with [`FLOOR_MAX`] entries so an agent loading the object pays nothing
+/// for it; the bench resizes it at load time to hold as many keys as the real frontend map.
+pub const FLOOR: &str = "LB_FLOOR";
+pub const FLOOR_MAX: u32 = 1;
+
 #[cfg(test)]
 mod tests {
     #[test]

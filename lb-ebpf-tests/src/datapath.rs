@@ -25,6 +25,10 @@ pub enum Program {
     FromNet,
     /// XDP on the node's uplink.
     Xdp,
+    /// The bench's floor: parse and one lookup, tc (loaded by [`crate::bench`] only).
+    FloorTc,
+    /// The same as XDP.
+    FloorXdp,
 }
 
 impl Program {
@@ -36,6 +40,8 @@ impl Program {
             Program::ToPod => "lb_to_pod",
             Program::FromNet => "lb_from_net",
             Program::Xdp => "lb_xdp",
+            Program::FloorTc => "lb_floor_tc",
+            Program::FloorXdp => "lb_floor_xdp",
         }
     }
 }
@@ -66,12 +72,22 @@ impl Datapath {
     /// As [`Datapath::load`], with aya-log's `AYA_LOG_LEVEL` set to `level`
     /// (0 off, 1 error .. 5 trace).
     pub fn load_with_log_level(level: u8) -> Result<Self> {
+        Self::load_with(level, &[(maps::CONNTRACK, 4096)])
+    }
+
+    /// As [`Datapath::load_with_log_level`], with these maps resized (name, max entries)
+    /// and every other map at the object's size (conntrack too).
+    pub fn load_with(level: u8, sizes: &[(&str, u32)]) -> Result<Self> {
         let pin_dir = PinDir::new("datapath");
         let object = crate::privilege::ebpf_object();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(pin_dir.path())
-            .map_max_entries(maps::CONNTRACK, 4096)
-            .override_global("AYA_LOG_LEVEL", &level, true)
+            .override_global("AYA_LOG_LEVEL", &level, true);
+        for (name, max) in sizes {
+            loader.map_max_entries(name, *max);
+        }
+        let mut ebpf = loader
             .load_file(&object)
             .with_context(|| format!("loading {}", object.display()))?;
         for program in Program::TC {
@@ -145,28 +161,41 @@ impl Datapath {
         backends: &[(Ipv4Addr, u16)],
         affinity_timeout_s: u32,
     ) -> (u32, Vec<BackendId>) {
-        let proto = key.proto;
-        let mut ids = Vec::new();
+        let ids: Vec<BackendId> = backends
+            .iter()
+            .map(|(ip, port)| self.add_backend(*ip, *port, key.proto))
+            .collect();
+        let service_id = self.add_frontend_with_ids(key, flags, &ids, affinity_timeout_s);
+        (service_id, ids)
+    }
+
+    /// Writes a backend under a new id (as the agent does for an address it has not seen).
+    pub fn add_backend(&mut self, ip: Ipv4Addr, port: u16, proto: u8) -> BackendId {
+        let id = self.next_backend;
+        self.next_backend += 1;
+        self.hash_map::<BackendId, Backend>(maps::BACKENDS)
+            .insert(id, Backend::new(ip, port, proto), 0)
+            .expect("insert backend");
+        id
+    }
+
+    /// Programs one frontend entry with its own service id over backends already written
+    /// (shared between frontends, as the agent shares them): slots, then the frontend.
+    pub fn add_frontend_with_ids(
+        &mut self,
+        key: FrontendKey,
+        flags: u16,
+        ids: &[BackendId],
+        affinity_timeout_s: u32,
+    ) -> u32 {
         let service_id = self.next_service;
         self.next_service += 1;
-        for (slot, (ip, bport)) in backends.iter().enumerate() {
-            let id = self.next_backend;
-            self.next_backend += 1;
-            ids.push(id);
-            self.hash_map::<BackendId, Backend>(maps::BACKENDS)
-                .insert(id, Backend::new(*ip, *bport, proto), 0)
-                .expect("insert backend");
-            let key = BackendSlotKey {
-                service_id,
-                slot: slot as u32 + 1,
-            };
-            self.hash_map::<BackendSlotKey, BackendId>(maps::BACKEND_SLOTS)
-                .insert(key, id, 0)
-                .expect("insert slot");
+        for (slot, id) in ids.iter().enumerate() {
+            self.set_slot(service_id, slot as u32 + 1, *id);
         }
         let fe = Frontend {
             service_id,
-            backend_count: backends.len() as u16,
+            backend_count: ids.len() as u16,
             flags,
             affinity_timeout_s,
             ..Default::default()
@@ -174,7 +203,7 @@ impl Datapath {
         self.hash_map::<FrontendKey, Frontend>(maps::FRONTENDS)
             .insert(key, fe, 0)
             .expect("insert frontend");
-        (service_id, ids)
+        service_id
     }
 
     /// Lets clients in `addr/prefix` through frontend `service_id`'s source ranges.
@@ -245,6 +274,18 @@ impl Datapath {
     /// As [`Datapath::run`], with the packet arriving on interface `ifindex` (XDP only;
     /// 0 = the test namespace's loopback, as for tc).
     pub fn run_on(&mut self, program: Program, packet: &[u8], ifindex: u32) -> Result<Run> {
+        self.run_repeated(program, packet, ifindex, 1)
+    }
+
+    /// As [`Datapath::run_on`], run `repeat` times in the kernel on the same buffer (each
+    /// run sees what the previous one wrote); `duration` is the kernel's mean per run.
+    pub fn run_repeated(
+        &mut self,
+        program: Program,
+        packet: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<Run> {
         // Room for the packet to grow (a reject may, a translation must not).
         let mut out = vec![0u8; packet.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
@@ -257,11 +298,12 @@ impl Datapath {
             data_in: Some(packet),
             data_out: Some(&mut out),
             ctx_in: (ifindex != 0).then_some(&xdp_md[..]),
+            repeat,
             ..TestRunOptions::new()
         };
         let prog = self.ebpf.program_mut(program.name()).expect("program");
         let result = match program {
-            Program::Xdp => {
+            Program::Xdp | Program::FloorXdp => {
                 let xdp: &mut Xdp = prog.try_into()?;
                 xdp.test_run(options)?
             }

@@ -25,6 +25,17 @@ pub const LOCAL_POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x03];
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 pub const POD_VETH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
 
+/// The datapath settings of the node this namespace builds: a fixed hash seed (so runs
+/// repeat), its address for masquerading, and Kind's cluster CIDR.
+pub fn node_config() -> lb_common::Config {
+    lb_common::Config {
+        hash_seed: 0x5eed,
+        node_addr: lb_common::addr_be(NODE),
+        ..lb_common::Config::default()
+    }
+    .with_cluster_cidr(Ipv4Addr::new(10, 244, 0, 0), 16)
+}
+
 /// The calling thread's namespace, built.
 pub struct TestNet {
     pub uplink_ifindex: u32,

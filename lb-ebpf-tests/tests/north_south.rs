@@ -10,7 +10,7 @@ use lb_common::{
     conntrack::{ct_flags, dir, snat_ports, tcp_flags::*},
     frontend::{flags, scope},
     proto::{ICMP, TCP, UDP},
-    Config, CtKey, FrontendKey, Reason,
+    CtKey, FrontendKey, Reason,
 };
 use lb_ebpf_tests::{
     packet::{check, Checked},
@@ -35,14 +35,7 @@ macro_rules! setup_or_skip {
         }
         let net = testnet::enter().expect("test namespace");
         let mut dp = Datapath::load().expect("load datapath");
-        dp.set_config(
-            Config {
-                hash_seed: 0x5eed,
-                node_addr: lb_common::addr_be(NODE),
-                ..Config::default()
-            }
-            .with_cluster_cidr(Ipv4Addr::new(10, 244, 0, 0), 16),
-        );
+        dp.set_config(testnet::node_config());
         (net, dp)
     }};
 }

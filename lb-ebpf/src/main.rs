@@ -19,6 +19,7 @@ mod backend;
 mod conntrack;
 mod counters;
 mod fib;
+mod floor;
 mod flow;
 mod forward;
 mod frame;

@@ -59,7 +59,10 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
-/// All existing namespaces whose name starts with [`PREFIX`], sorted.
+/// All existing namespaces of the lab ([`is_lab_namespace`]), sorted.
+///
+/// Other `lbk-*` namespaces (a bench's or a test's throwaway ones) are not the lab's: a lab
+/// going up or down must leave them alone.
 ///
 /// # Errors
 /// If `/run/netns` exists but cannot be read.
@@ -72,12 +75,25 @@ pub fn list_lab() -> io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.starts_with(PREFIX) {
+        if is_lab_namespace(&name) {
             names.push(name);
         }
     }
     names.sort();
     Ok(names)
+}
+
+/// Whether `name` is one of the lab's namespaces: `lbk-net`, `lbk-host`, a node's
+/// (`lbk-worker`) or a pod's (`lbk-worker-echo-1`).
+pub fn is_lab_namespace(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
+    rest == crate::plan::NET_NS.trim_start_matches(PREFIX)
+        || rest == crate::plan::HOST_NS.trim_start_matches(PREFIX)
+        || crate::plan::NODE_NAMES
+            .iter()
+            .any(|node| rest == *node || rest.starts_with(&format!("{node}-")))
 }
 
 /// Creates namespace `name` with `ip netns add`, so that it shows in `ip netns list`.
@@ -199,6 +215,30 @@ mod tests {
         assert_eq!(qualify("worker"), "lbk-worker");
         assert_eq!(qualify("worker-echo-1"), "lbk-worker-echo-1");
         assert_eq!(qualify("lbk-worker"), "lbk-worker");
+    }
+
+    #[test]
+    fn only_the_labs_own_namespaces_are_the_lab() {
+        for ours in [
+            "lbk-net",
+            "lbk-host",
+            "lbk-control-plane",
+            "lbk-worker",
+            "lbk-worker2-echo-1",
+            "lbk-control-plane-client",
+        ] {
+            assert!(is_lab_namespace(ours), "{ours}");
+        }
+        for theirs in [
+            "lbk-rules-123",
+            "lbk-mem-9",
+            "lbk-benchgen-1",
+            "lbk-agt-1",
+            "worker",
+            "lbk-workerx",
+        ] {
+            assert!(!is_lab_namespace(theirs), "{theirs}");
+        }
     }
 
     #[test]

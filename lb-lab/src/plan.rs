@@ -26,7 +26,7 @@ pub const SERVICE_CIDR: Ipv4Cidr = Ipv4Cidr::new(Ipv4Addr::new(10, 96, 0, 0), 16
 pub const MAX_IFNAME: usize = 15;
 
 /// Node names, in address order (control-plane is .2 and 10.244.0.0/24).
-const NODE_NAMES: [&str; 3] = ["control-plane", "worker", "worker2"];
+pub const NODE_NAMES: [&str; 3] = ["control-plane", "worker", "worker2"];
 /// Each node's `topology.kubernetes.io/zone`: two zones, so that topology-aware routing has a
 /// same-zone pair (control-plane, worker) and a node alone in its zone (worker2).
 const NODE_ZONES: [&str; 3] = ["zone-a", "zone-a", "zone-b"];
