@@ -50,6 +50,46 @@ pub const fn udp_replace2(check: u16, old: u16, new: u16) -> u16 {
     }
 }
 
+/// What replacing a 32-bit field (`old` -> `new`) adds to a one's-complement sum
+/// (RFC 1624's `~m + m'`, as 16-bit words): the same value the kernel's checksum helpers
+/// take as a precomputed difference. 0 when the field does not change. Differences of
+/// several fields add up (at most 8 words, so a u32 cannot overflow).
+#[inline(always)]
+pub const fn diff4(old: u32, new: u32) -> u32 {
+    if old == new {
+        return 0;
+    }
+    let old = !old;
+    (old & 0xffff) + (old >> 16) + (new & 0xffff) + (new >> 16)
+}
+
+/// [`diff4`] for a 16-bit field (a port).
+#[inline(always)]
+pub const fn diff2(old: u16, new: u16) -> u32 {
+    if old == new {
+        return 0;
+    }
+    (!old) as u32 + new as u32
+}
+
+/// Applies a sum of [`diff4`]/[`diff2`] differences to a checksum: HC' = ~(~HC + diff).
+#[inline(always)]
+pub const fn apply(check: u16, diff: u32) -> u16 {
+    !fold((!check) as u32 + diff)
+}
+
+/// [`apply`] with the UDP zero rules of [`udp_replace4`].
+#[inline(always)]
+pub const fn udp_apply(check: u16, diff: u32) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match apply(check, diff) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 /// One's-complement sum of `data` as big-endian 16-bit words (odd tail padded with zero).
 pub fn sum_be(data: &[u8], initial: u32) -> u32 {
     let mut sum = initial as u64;
@@ -143,6 +183,57 @@ mod tests {
         seg[2..4].copy_from_slice(&new_port);
         seg[6..8].copy_from_slice(&check.to_ne_bytes());
         assert_eq!(l4_checksum(src, new_dst, crate::proto::UDP, &seg), 0);
+    }
+
+    #[test]
+    fn summed_differences_of_a_full_nat_equal_recomputation() {
+        // TCP header (20 bytes) + payload; SNAT and DNAT of both addresses and ports at once.
+        let (src, dst) = ([10, 244, 1, 2], [10, 96, 0, 10]);
+        let mut seg = [0u8; 24];
+        seg[..4].copy_from_slice(&[0x9c, 0x40, 0x00, 0x50]);
+        seg[12] = 0x50;
+        seg[13] = 0x10;
+        seg[20..].copy_from_slice(b"data");
+        let c = l4_checksum(src, dst, crate::proto::TCP, &seg);
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        let (new_src, new_dst) = ([172, 18, 0, 2], [10, 244, 2, 3]);
+        let (new_sport, new_dport) = (61_234u16.to_be_bytes(), 8080u16.to_be_bytes());
+        let diff = diff4(u32::from_ne_bytes(src), u32::from_ne_bytes(new_src))
+            + diff4(u32::from_ne_bytes(dst), u32::from_ne_bytes(new_dst))
+            + diff2(native([seg[0], seg[1]]), native(new_sport))
+            + diff2(native([seg[2], seg[3]]), native(new_dport));
+        let check = apply(native([seg[16], seg[17]]), diff);
+        seg[..2].copy_from_slice(&new_sport);
+        seg[2..4].copy_from_slice(&new_dport);
+        seg[16..18].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(l4_checksum(new_src, new_dst, crate::proto::TCP, &seg), 0);
+        // The same difference fixes the IP header (addresses only).
+        let mut h = HDR;
+        let (old_s, old_d) = (
+            u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+            u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+        );
+        let ip_diff = diff4(old_s, u32::from_ne_bytes(new_src))
+            + diff4(old_d, u32::from_ne_bytes(new_dst))
+            + diff2(5, 5);
+        let ip_check = apply(native([h[10], h[11]]), ip_diff);
+        h[12..16].copy_from_slice(&new_src);
+        h[16..20].copy_from_slice(&new_dst);
+        h[10..12].copy_from_slice(&ip_check.to_ne_bytes());
+        assert_eq!(checksum(&h), 0);
+    }
+
+    #[test]
+    fn apply_agrees_with_replace() {
+        for (check, old, new) in [(0x1234u16, 0x0a00_0001u32, 0x0a00_0002u32), (0xffff, 7, 0)] {
+            assert_eq!(apply(check, diff4(old, new)), replace4(check, old, new));
+            assert_eq!(
+                udp_apply(check, diff4(old, new)),
+                udp_replace4(check, old, new)
+            );
+        }
+        assert_eq!(udp_apply(0, diff2(1, 2)), 0);
+        assert_eq!(apply(0x1234, diff2(80, 8080)), replace2(0x1234, 80, 8080));
     }
 
     #[test]

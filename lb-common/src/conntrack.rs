@@ -69,13 +69,15 @@ impl CtKey {
 pub struct CtEntry {
     /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the flow was first seen.
     pub created_ns: u64,
-    /// bpf_ktime_get_ns() of the latest packet in either direction (forward entries only).
+    /// Forward: bpf_ktime_get_ns() of the latest packet in either direction, restamped once
+    /// it is a second stale (not on every packet). Reply: when the reply direction last
+    /// passed its news on to the forward entry.
     pub last_seen_ns: u64,
     /// Forward: the backend address. Reply: the service address. Network byte order.
     pub nat_addr: u32,
     /// Forward: the backend port. Reply: the service port. Network byte order.
     pub nat_port: u16,
-    /// [`seen`] bits.
+    /// [`seen`] bits. Reply entries: the bits already passed on to the forward entry.
     pub seen: u8,
     /// [`ct_flags`] bits.
     pub flags: u8,

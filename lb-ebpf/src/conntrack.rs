@@ -30,8 +30,7 @@ pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
         {
             return None;
         }
-        (*entry).seen |= seen_bits(pkt.tcp_flags, dir::FORWARD);
-        (*entry).last_seen_ns = now;
+        touch(entry, seen_bits(pkt.tcp_flags, dir::FORWARD), now);
         let mut to = Tuple {
             saddr: pkt.saddr,
             sport: pkt.sport,
@@ -54,14 +53,22 @@ pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
 /// entry learns what the reply showed (SYN-ACK, FIN, RST).
 #[inline(always)]
 pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
-    // SAFETY: copied out at once.
-    let reply = unsafe { LB_CT.get(key).copied() }?;
-    let forward_key = key.forward_of_reply(&reply);
-    if let Some(forward) = LB_CT.get_ptr_mut(&forward_key) {
+    let entry = LB_CT.get_ptr_mut(key)?;
+    let bits = seen_bits(pkt.tcp_flags, dir::REPLY);
+    // SAFETY: as in forward_hit; the entry is copied out at once.
+    let reply = unsafe { *entry };
+    // The reply entry remembers what it last passed on to the forward entry (its `seen`
+    // and `last_seen_ns`), so that a steady stream of replies looks the forward entry up
+    // only when there is news: a new flag, or a stamp gone stale.
+    if bits & !reply.seen != 0 || now.saturating_sub(reply.last_seen_ns) >= TOUCH_NS {
+        let forward_key = key.forward_of_reply(&reply);
+        if let Some(forward) = LB_CT.get_ptr_mut(&forward_key) {
+            touch(forward, bits, now);
+        }
         // SAFETY: as in forward_hit.
         unsafe {
-            (*forward).seen |= seen_bits(pkt.tcp_flags, dir::REPLY);
-            (*forward).last_seen_ns = now;
+            (*entry).seen = reply.seen | bits;
+            (*entry).last_seen_ns = now;
         }
     }
     let mut to = Tuple {
@@ -78,6 +85,26 @@ pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
         to,
         backend_id: reply.backend_id,
     })
+}
+
+/// How stale a flow's `last_seen_ns` may get before a packet restamps it. Writing it on
+/// every packet would dirty the entry's cache line for every packet on every CPU the flow
+/// touches; a second is far below the shortest timeout (10 s), which it can only lengthen
+/// by as much.
+const TOUCH_NS: u64 = 1_000_000_000;
+
+/// Folds a packet's `bits` and time into a flow's entry, writing only what changes.
+#[inline(always)]
+fn touch(entry: *mut CtEntry, bits: u8, now: u64) {
+    // SAFETY: `entry` comes from a map lookup of this run; see forward_hit on races.
+    unsafe {
+        if bits & !(*entry).seen != 0 {
+            (*entry).seen |= bits;
+        }
+        if now.saturating_sub((*entry).last_seen_ns) >= TOUCH_NS {
+            (*entry).last_seen_ns = now;
+        }
+    }
 }
 
 /// How a new flow is to be translated.

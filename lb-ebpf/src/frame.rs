@@ -6,16 +6,16 @@
 //! XDP frame is plain memory whose checksums are updated incrementally (RFC 1624).
 
 use aya_ebpf::{
+    helpers::bpf_set_hash_invalid,
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use lb_common::{checksum, proto, Reason};
 
-use crate::parse::Packet;
+use crate::{nat::Tuple, parse::Packet};
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
-const BPF_F_INVALIDATE_HASH: u64 = 1 << 1;
 const IP_CSUM_OFF: usize = 10;
 
 pub trait Frame: EbpfContext {
@@ -27,10 +27,9 @@ pub trait Frame: EbpfContext {
     fn pull(&self, len: usize) -> bool;
     /// Interface the packet arrived on (or, on tc egress, leaves by).
     fn ifindex(&self) -> u32;
-    /// Replaces the IPv4 address at `off` (`old` -> `new`), fixing the IP and L4 checksums.
-    fn set_addr(&self, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), Reason>;
-    /// Replaces the L4 port at `off`, fixing the L4 checksum.
-    fn set_port(&self, pkt: &Packet, off: usize, old: u16, new: u16) -> Result<(), Reason>;
+    /// Rewrites the packet's addresses and ports to `to`, fixing the IP and L4 checksums.
+    /// Only fields that differ are touched.
+    fn rewrite(&self, pkt: &Packet, to: &Tuple) -> Result<(), Reason>;
 
     /// A pointer to a `T` at `off`, if the linear packet data holds all of it.
     #[inline(always)]
@@ -74,39 +73,54 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).ifindex }
     }
 
+    /// The fields and the IP checksum are written directly (an IPv4 header checksum is
+    /// always complete, whatever the skb's checksum state); the L4 checksum goes through
+    /// the helper, which alone knows the skb's state: on a CHECKSUM_PARTIAL skb the field
+    /// holds only the pseudo-header sum, so it must follow the addresses (BPF_F_PSEUDO_HDR)
+    /// but not the ports, and a CHECKSUM_COMPLETE skb's sum must follow the pseudo-header.
+    /// Hence two helper calls at most (addresses, ports), each with the summed difference
+    /// computed here, instead of one per field and checksum.
     #[inline(always)]
-    fn set_addr(&self, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), Reason> {
-        if old == new {
-            return Ok(());
+    fn rewrite(&self, pkt: &Packet, to: &Tuple) -> Result<(), Reason> {
+        let addr_diff = checksum::diff4(pkt.saddr, to.saddr) + checksum::diff4(pkt.daddr, to.daddr);
+        let port_diff = checksum::diff2(pkt.sport, to.sport) + checksum::diff2(pkt.dport, to.dport);
+        if addr_diff != 0 {
+            let ip: *mut [u16; 5] = self
+                .ptr_at(pkt.l3 + IP_CSUM_OFF)
+                .ok_or(Reason::DropRewrite)?;
+            // SAFETY: bounds checked by ptr_at (checksum, source, destination: 10 bytes);
+            // 16-bit fields at even offsets from an Ethernet header the stack keeps 2-byte
+            // aligned, written unaligned anyway.
+            unsafe {
+                let ip = ip as *mut u16;
+                ip.write_unaligned(checksum::apply(ip.read_unaligned(), addr_diff));
+                (ip.add(1) as *mut u32).write_unaligned(to.saddr);
+                (ip.add(3) as *mut u32).write_unaligned(to.daddr);
+            }
         }
-        // The address is part of the L4 pseudo-header: BPF_F_PSEUDO_HDR makes the helper
-        // also fix CHECKSUM_PARTIAL skbs, whose L4 field holds only the pseudo-header sum.
-        self.l4_csum_replace(
-            pkt.l4_csum_off(),
-            old as u64,
-            new as u64,
-            udp_flags(pkt) | BPF_F_PSEUDO_HDR | 4,
-        )
-        .map_err(|_| Reason::DropRewrite)?;
-        self.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u64, new as u64, 4)
+        if port_diff != 0 {
+            let ports: *mut [u16; 2] = self.ptr_at(pkt.l4).ok_or(Reason::DropRewrite)?;
+            // SAFETY: bounds checked by ptr_at.
+            unsafe { ports.write_unaligned([to.sport, to.dport]) };
+        }
+        // The helpers may move the packet: no packet pointer is used after them.
+        if addr_diff != 0 {
+            self.l4_csum_replace(
+                pkt.l4_csum_off(),
+                0,
+                addr_diff as u64,
+                udp_flags(pkt) | BPF_F_PSEUDO_HDR,
+            )
             .map_err(|_| Reason::DropRewrite)?;
-        self.store(off, &new, BPF_F_INVALIDATE_HASH)
-            .map_err(|_| Reason::DropRewrite)
-    }
-
-    #[inline(always)]
-    fn set_port(&self, pkt: &Packet, off: usize, old: u16, new: u16) -> Result<(), Reason> {
-        if old == new {
-            return Ok(());
+            // The flow hash the stack computed belongs to the old addresses.
+            // SAFETY: the context pointer is valid for the program run.
+            unsafe { bpf_set_hash_invalid(self.skb.skb) };
         }
-        self.l4_csum_replace(
-            pkt.l4_csum_off(),
-            old as u64,
-            new as u64,
-            udp_flags(pkt) | 2,
-        )
-        .map_err(|_| Reason::DropRewrite)?;
-        self.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
+        if port_diff != 0 {
+            self.l4_csum_replace(pkt.l4_csum_off(), 0, port_diff as u64, udp_flags(pkt))
+                .map_err(|_| Reason::DropRewrite)?;
+        }
+        Ok(())
     }
 }
 
@@ -149,46 +163,34 @@ impl Frame for XdpContext {
         self.ingress_ifindex() as u32
     }
 
+    /// Plain memory: every field and both checksums are written directly, each checksum
+    /// once with the summed difference of the fields it covers.
     #[inline(always)]
-    fn set_addr(&self, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), Reason> {
-        if old == new {
+    fn rewrite(&self, pkt: &Packet, to: &Tuple) -> Result<(), Reason> {
+        let addr_diff = checksum::diff4(pkt.saddr, to.saddr) + checksum::diff4(pkt.daddr, to.daddr);
+        let l4_diff =
+            addr_diff + checksum::diff2(pkt.sport, to.sport) + checksum::diff2(pkt.dport, to.dport);
+        if l4_diff == 0 {
             return Ok(());
         }
-        let addr: *mut u32 = self.ptr_at(off).ok_or(Reason::DropRewrite)?;
-        let ip_csum: *mut u16 = self
+        let ip: *mut [u16; 5] = self
             .ptr_at(pkt.l3 + IP_CSUM_OFF)
             .ok_or(Reason::DropRewrite)?;
+        let ports: *mut [u16; 2] = self.ptr_at(pkt.l4).ok_or(Reason::DropRewrite)?;
         let l4_csum: *mut u16 = self.ptr_at(pkt.l4_csum_off()).ok_or(Reason::DropRewrite)?;
         // SAFETY: every pointer was bounds-checked against the frame by ptr_at; the fields
         // may be unaligned, hence the unaligned accesses.
         unsafe {
-            addr.write_unaligned(new);
-            ip_csum.write_unaligned(checksum::replace4(ip_csum.read_unaligned(), old, new));
+            let ip = ip as *mut u16;
+            ip.write_unaligned(checksum::apply(ip.read_unaligned(), addr_diff));
+            (ip.add(1) as *mut u32).write_unaligned(to.saddr);
+            (ip.add(3) as *mut u32).write_unaligned(to.daddr);
+            ports.write_unaligned([to.sport, to.dport]);
             let l4 = l4_csum.read_unaligned();
             l4_csum.write_unaligned(if pkt.proto == proto::UDP {
-                checksum::udp_replace4(l4, old, new)
+                checksum::udp_apply(l4, l4_diff)
             } else {
-                checksum::replace4(l4, old, new)
-            });
-        }
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn set_port(&self, pkt: &Packet, off: usize, old: u16, new: u16) -> Result<(), Reason> {
-        if old == new {
-            return Ok(());
-        }
-        let port: *mut u16 = self.ptr_at(off).ok_or(Reason::DropRewrite)?;
-        let l4_csum: *mut u16 = self.ptr_at(pkt.l4_csum_off()).ok_or(Reason::DropRewrite)?;
-        // SAFETY: as in set_addr.
-        unsafe {
-            port.write_unaligned(new);
-            let l4 = l4_csum.read_unaligned();
-            l4_csum.write_unaligned(if pkt.proto == proto::UDP {
-                checksum::udp_replace2(l4, old, new)
-            } else {
-                checksum::replace2(l4, old, new)
+                checksum::apply(l4, l4_diff)
             });
         }
         Ok(())

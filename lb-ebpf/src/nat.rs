@@ -5,9 +5,6 @@ use lb_common::Reason;
 
 use crate::{frame::Frame, parse::Packet};
 
-const IP_SADDR_OFF: usize = 12;
-const IP_DADDR_OFF: usize = 16;
-
 /// The flow tuple a packet must leave with. Network byte order.
 #[derive(Clone, Copy)]
 pub struct Tuple {
@@ -20,8 +17,5 @@ pub struct Tuple {
 /// Rewrites `pkt` to carry `to`; only fields that differ are touched.
 #[inline(always)]
 pub fn rewrite<F: Frame>(ctx: &F, pkt: &Packet, to: &Tuple) -> Result<(), Reason> {
-    ctx.set_addr(pkt, pkt.l3 + IP_DADDR_OFF, pkt.daddr, to.daddr)?;
-    ctx.set_port(pkt, pkt.l4 + 2, pkt.dport, to.dport)?;
-    ctx.set_addr(pkt, pkt.l3 + IP_SADDR_OFF, pkt.saddr, to.saddr)?;
-    ctx.set_port(pkt, pkt.l4, pkt.sport, to.sport)
+    ctx.rewrite(pkt, to)
 }
