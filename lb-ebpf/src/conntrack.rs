@@ -116,19 +116,15 @@ pub struct NewFlow {
     pub snat_addr: u32,
     /// [`ct_flags`] besides SNAT.
     pub flags: u8,
+    /// The settings the decision was made with (masquerade ports and hash seed).
+    pub cfg: Config,
 }
 
 /// Records a new flow: the forward entry (client -> service, steering it to the backend,
 /// and for a masqueraded flow the source to use) and the reply entry (backend -> client or
 /// node, restoring the service and the client). Returns the tuple the packet must carry.
 #[inline(always)]
-pub fn create(
-    key: &CtKey,
-    pkt: &Packet,
-    flow: &NewFlow,
-    cfg: &Config,
-    now: u64,
-) -> Result<Tuple, Reason> {
+pub fn create(key: &CtKey, pkt: &Packet, flow: &NewFlow, now: u64) -> Result<Tuple, Reason> {
     let opened_by_syn = pkt.proto == proto::TCP
         && pkt.tcp_flags & tcp_flags::SYN != 0
         && pkt.tcp_flags & tcp_flags::ACK == 0;
@@ -182,7 +178,7 @@ pub fn create(
     reply.flags |= ct_flags::SNAT;
     reply.snat_addr = pkt.saddr;
     reply.snat_port = pkt.sport;
-    let port = snat_port(key, pkt, backend, flow.snat_addr, &reply, cfg)?;
+    let port = snat_port(key, pkt, backend, flow.snat_addr, &reply, &flow.cfg)?;
     forward.flags |= ct_flags::SNAT;
     forward.snat_addr = flow.snat_addr;
     forward.snat_port = port;

@@ -54,7 +54,7 @@ pub fn forward_key(pkt: &Packet) -> CtKey {
 
 /// What to do with `pkt`. `Err` carries a drop or reject reason.
 #[inline(always)]
-pub fn decide(pkt: &Packet, origin: Origin, cfg: &Config, now: u64) -> Result<Step, Reason> {
+pub fn decide(pkt: &Packet, origin: Origin, now: u64) -> Result<Step, Reason> {
     let key = forward_key(pkt);
     if let Some(hit) = conntrack::forward_hit(&key, pkt, now) {
         return Ok(Step::Tracked {
@@ -75,7 +75,9 @@ pub fn decide(pkt: &Packet, origin: Origin, cfg: &Config, now: u64) -> Result<St
         });
     }
 
-    let Some(found) = frontend::lookup(pkt, origin, cfg) else {
+    // Read only now: a tracked flow's packets never need the settings.
+    let cfg = config();
+    let Some(found) = frontend::lookup(pkt, origin, &cfg) else {
         return Ok(Step::Untouched);
     };
     let fe = found.fe;
@@ -125,6 +127,7 @@ pub fn decide(pkt: &Packet, origin: Origin, cfg: &Config, now: u64) -> Result<St
         backend,
         snat_addr: if masquerade { cfg.node_addr } else { 0 },
         flags: ct,
+        cfg,
     }))
 }
 
@@ -146,6 +149,6 @@ pub fn predicted(pkt: &Packet, flow: &NewFlow) -> Tuple {
 
 /// Tracks a new flow and returns the tuple its first packet must carry.
 #[inline(always)]
-pub fn commit(pkt: &Packet, flow: &NewFlow, cfg: &Config, now: u64) -> Result<Tuple, Reason> {
-    conntrack::create(&forward_key(pkt), pkt, flow, cfg, now)
+pub fn commit(pkt: &Packet, flow: &NewFlow, now: u64) -> Result<Tuple, Reason> {
+    conntrack::create(&forward_key(pkt), pkt, flow, now)
 }

@@ -3,10 +3,11 @@
 //! get a backend, a conntrack entry and DNAT (masqueraded for hairpin and for
 //! externalTrafficPolicy=Cluster addresses).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use lb_common::{proto, Reason};
 
 use crate::{
+    clock,
     counters::{count, count_backend},
     fib,
     flow::{self, Step},
@@ -62,10 +63,8 @@ pub fn translate(ctx: &TcContext, origin: Origin) -> Result<i32, Reason> {
             None => TC_ACT_UNSPEC,
         });
     }
-    let cfg = flow::config();
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (to, backend_id, reason) = match flow::decide(&pkt, origin, &cfg, now) {
+    let now = clock::now();
+    let (to, backend_id, reason) = match flow::decide(&pkt, origin, now) {
         Ok(Step::Untouched) => return Ok(TC_ACT_UNSPEC),
         Ok(Step::Tracked {
             to,
@@ -73,7 +72,7 @@ pub fn translate(ctx: &TcContext, origin: Origin) -> Result<i32, Reason> {
             reason,
         }) => (to, backend_id, reason),
         Ok(Step::New(new)) => (
-            flow::commit(&pkt, &new, &cfg, now)?,
+            flow::commit(&pkt, &new, now)?,
             new.backend_id,
             Reason::NewFlow,
         ),

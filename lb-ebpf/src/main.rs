@@ -16,6 +16,7 @@
 #![feature(asm_experimental_arch)]
 
 mod backend;
+mod clock;
 mod conntrack;
 mod counters;
 mod fib;

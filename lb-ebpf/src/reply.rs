@@ -2,12 +2,12 @@
 //! address back as their source, wherever the backend ran, and ICMP errors about them are
 //! translated too.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
 use lb_common::{conntrack::dir, proto, CtKey, Reason};
 
 use crate::{
-    conntrack,
+    clock, conntrack,
     counters::{count, count_backend},
     forward::verdict,
     icmp, nat, parse, TC_ACT_UNSPEC,
@@ -37,8 +37,7 @@ fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
         pkt.proto,
         dir::REPLY,
     );
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(hit) = conntrack::reply_hit(&key, &pkt, now) else {
         return Ok(());
     };

@@ -6,12 +6,12 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use lb_common::{proto, reason::Kind, Reason};
 
 use crate::{
+    clock,
     counters::{count, count_backend},
     fib,
     flow::{self, Step},
@@ -58,10 +58,8 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Reason> {
         l4: IPV4_L4,
         ..pkt
     };
-    let cfg = flow::config();
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match flow::decide(&pkt, Origin::Net, &cfg, now) {
+    let now = clock::now();
+    match flow::decide(&pkt, Origin::Net, now) {
         Ok(Step::Untouched) => Ok(XDP_PASS),
         Ok(Step::Tracked {
             to,
@@ -79,7 +77,7 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Reason> {
             let Some(route) = tx_route(ctx, &flow::predicted(&pkt, &new), pkt.proto) else {
                 return Err(Reason::PassToTc);
             };
-            let to = flow::commit(&pkt, &new, &cfg, now)?;
+            let to = flow::commit(&pkt, &new, now)?;
             transmit(ctx, &pkt, &to, &route, new.backend_id, Reason::NewFlow)
         }
         // tc builds the ICMP reply.

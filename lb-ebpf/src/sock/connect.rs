@@ -1,15 +1,12 @@
 //! connect4 and sendmsg4: a node process's socket addressed to a service is sent to one of
 //! its backends instead.
 
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_set_retval},
-    programs::SockAddrContext,
-};
+use aya_ebpf::{helpers::bpf_set_retval, programs::SockAddrContext};
 use lb_common::{frontend::flags, Backend, Frontend, Reason, SockRevEntry, SockRevKey};
 
 use super::{cookie, lookup, read, write, SockAddr, ALLOW, DENY};
 use crate::{
-    backend,
+    backend, clock,
     counters::count,
     maps::{LB_CONFIG, LB_SOCK_REV},
     parse::Packet,
@@ -100,7 +97,5 @@ fn select(fe: &Frontend, dst: &SockAddr, cookie: u64) -> Result<Backend, Reason>
         dport: dst.port,
         tcp_flags: 0,
     };
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    backend::select(fe, &pkt, now).map(|(_, backend)| backend)
+    backend::select(fe, &pkt, clock::now()).map(|(_, backend)| backend)
 }
