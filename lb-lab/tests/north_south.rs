@@ -56,6 +56,27 @@ const ALLOW_LB: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 21);
 const DENY_SVC: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 8);
 const DENY_LB: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 22);
 
+// UDP NodePort whose pods (on worker) have no listener on the target port: their kernels
+// answer ICMP port-unreachable, which must reach the client translated.
+const CLOSED_SVC: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 9);
+const CLOSED_NODE_PORT: u16 = 30409;
+const CLOSED_SVC_YAML: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: ns-closed
+  namespace: default
+spec:
+  type: NodePort
+  clusterIP: 10.96.40.9
+  selector: {app: echo, node: worker}
+  ports:
+  - name: closed
+    port: 80
+    protocol: UDP
+    targetPort: 9999
+    nodePort: 30409
+";
+
 /// Every service's port: TCP and UDP 80, to the echo server's named ports.
 struct Svc {
     name: &'static str,
@@ -528,6 +549,38 @@ fn no_endpoints_is_refused_at_once(lab: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A backend's ICMP port-unreachable names the backend's address inside: only if it is
+/// translated back to the service address does the client's connected UDP socket match it
+/// and see ECONNREFUSED (otherwise it waits in silence).
+fn icmp_errors_from_backends_reach_the_client(lab: &Lab) -> Result<(), Failed> {
+    let worker2 = node_ip(lab, "worker2");
+    let cases = [
+        // Pod to ClusterIP across nodes: translated back by lb_to_pod on worker2.
+        (
+            From::Ns("lbk-worker2-client"),
+            at(CLOSED_SVC, 80),
+            "worker2",
+        ),
+        // Host to NodePort via worker2, masqueraded to worker's pods: translated back by
+        // lb_from_net on worker2, addressed to the host again.
+        (HOST, at(worker2, CLOSED_NODE_PORT), "worker2"),
+    ];
+    for (from, to, node) in cases {
+        let req = ProbeRequest::udp(to, "hostname");
+        let before = counter(lab, node, "icmp_error_translated")?;
+        // Kernels rate-limit ICMP errors (one a second per peer, with a burst): retry.
+        eventually("a translated port-unreachable", || {
+            check_refused(lab, from, &req)?;
+            let after = counter(lab, node, "icmp_error_translated")?;
+            (after > before).then_some(()).ok_or(format!(
+                "{from} -> {to} refused, but {node} counted no icmp_error_translated ({before} -> {after})"
+            ))
+        })?;
+        println!("{from} -> {to}: the backend's port-unreachable arrived as ECONNREFUSED");
+    }
+    Ok(())
+}
+
 fn source_ranges_admit_listed_clients_and_count_the_rest(lab: &Lab) -> Result<(), Failed> {
     check_served_by(lab, HOST, at(ALLOW_LB, 80), Some("worker"))?;
     // Its twin outside the allowed range answers once programmed... and is dropped here:
@@ -610,7 +663,7 @@ fn xdp_runs_on_every_uplink(lab: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
-const SCENARIOS: [(&str, Scenario); 16] = [
+const SCENARIOS: [(&str, Scenario); 17] = [
     (
         "seed_local_lb_via_the_pods_node_keeps_the_client_ip",
         seed_local_lb_via_the_pods_node_keeps_the_client_ip,
@@ -661,6 +714,10 @@ const SCENARIOS: [(&str, Scenario); 16] = [
         no_endpoints_is_refused_at_once,
     ),
     (
+        "icmp_errors_from_backends_reach_the_client",
+        icmp_errors_from_backends_reach_the_client,
+    ),
+    (
         "source_ranges_admit_listed_clients_and_count_the_rest",
         source_ranges_admit_listed_clients_and_count_the_rest,
     ),
@@ -681,6 +738,8 @@ fn main() {
                 lab.apply_yaml(svc.name, &svc.yaml())
                     .expect("applying a service");
             }
+            lab.apply_yaml("ns-closed", CLOSED_SVC_YAML)
+                .expect("applying a service");
             for (dest, node) in HOST_ROUTES {
                 lab.route_from_host(&dest.to_string(), node)
                     .expect("routing from the host");
