@@ -466,12 +466,29 @@ impl LabBench {
 
     /// Sets the change pod's readiness through the API server.
     pub fn set_change_ready(&self, ready: bool) -> Result<()> {
-        let get = format!("/api/v1/namespaces/{NS}/pods/{CHANGE_POD}");
-        let mut pod: Value = self.api.get(&get)?;
+        let pod = self.change_pod(ready)?;
+        self.write_change_pod(&pod)
+    }
+
+    /// The change pod as it is now, with readiness `ready`: the body of the status write, read
+    /// beforehand so that a timed change is the one write (as a kubelet's status update).
+    pub fn change_pod(&self, ready: bool) -> Result<Value> {
+        let mut pod: Value = self
+            .api
+            .get(&format!("/api/v1/namespaces/{NS}/pods/{CHANGE_POD}"))?;
         pod["status"]["conditions"] =
             json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+        Ok(pod)
+    }
+
+    /// Writes the change pod's status (from [`Self::change_pod`]).
+    pub fn write_change_pod(&self, pod: &Value) -> Result<()> {
         self.api
-            .request(Method::PUT, &format!("{get}/status"), Some(&pod))
+            .request(
+                Method::PUT,
+                &format!("/api/v1/namespaces/{NS}/pods/{CHANGE_POD}/status"),
+                Some(pod),
+            )
             .context("updating the change pod")?;
         Ok(())
     }
