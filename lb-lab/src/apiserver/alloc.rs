@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 
 use serde_json::Value;
 
+use super::index::Indexes;
 use crate::plan::{Ipv4Cidr, SERVICE_CIDR};
 
 /// `--service-node-port-range`'s default.
@@ -13,17 +14,64 @@ pub const NODE_PORT_RANGE: RangeInclusive<i32> = 30000..=32767;
 /// The first address of the service range, reserved for the `default/kubernetes` Service.
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 
-/// What the Services in the store already hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Allocated {
+/// What the Services in the store already hold: what this request took (`cluster_ips`,
+/// `node_ports`), plus, if given, the store's index of every Service's, less what the object
+/// being replaced holds itself.
+#[derive(Clone, Debug, Default)]
+pub struct Allocated<'a> {
     pub cluster_ips: BTreeSet<Ipv4Addr>,
     pub node_ports: BTreeSet<i32>,
+    index: Option<&'a Indexes>,
+    own_ips: BTreeSet<Ipv4Addr>,
+    own_ports: BTreeSet<i32>,
 }
 
-impl Allocated {
+impl<'a> Allocated<'a> {
+    /// What every Service in `index` holds, except `replaced` (the object being updated,
+    /// whose addresses are its own to keep).
+    pub fn over(index: &'a Indexes, replaced: Option<&Value>) -> Self {
+        let own = Self::of(replaced);
+        Self {
+            index: Some(index),
+            own_ips: own.cluster_ips,
+            own_ports: own.node_ports,
+            ..Self::default()
+        }
+    }
+
+    fn ip_in_index(&self, ip: Ipv4Addr, holders: u32) -> bool {
+        holders > u32::from(self.own_ips.contains(&ip))
+    }
+
+    fn ip_taken(&self, ip: Ipv4Addr) -> bool {
+        self.cluster_ips.contains(&ip)
+            || self
+                .index
+                .and_then(|i| i.cluster_ips.get(&ip))
+                .is_some_and(|n| self.ip_in_index(ip, *n))
+    }
+
+    fn port_taken(&self, port: i32) -> bool {
+        self.node_ports.contains(&port)
+            || self
+                .index
+                .and_then(|i| i.node_ports.get(&port))
+                .is_some_and(|n| *n > u32::from(self.own_ports.contains(&port)))
+    }
+
+    /// Takes `ip` if it is free.
+    pub fn take_ip(&mut self, ip: Ipv4Addr) -> bool {
+        !self.ip_taken(ip) && self.cluster_ips.insert(ip)
+    }
+
+    /// Takes `port` if it is free.
+    pub fn take_port(&mut self, port: i32) -> bool {
+        !self.port_taken(port) && self.node_ports.insert(port)
+    }
+
     /// Collects the addresses and ports of `services` (raw JSON: even objects stored without
     /// validation hold on to what they name).
-    pub fn of<'a>(services: impl IntoIterator<Item = &'a Value>) -> Self {
+    pub fn of<'v>(services: impl IntoIterator<Item = &'v Value>) -> Self {
         let mut allocated = Self::default();
         for svc in services {
             let Some(spec) = svc.get("spec") else {
@@ -64,19 +112,33 @@ impl Allocated {
         let base = u32::from(range.addr);
         let size = 1u32.checked_shl(32 - u32::from(range.prefix)).unwrap_or(0);
         let top = base.checked_add(size.checked_sub(2)?)?;
-        let ip = (base + 1..=top)
-            .rev()
-            .map(Ipv4Addr::from)
-            .find(|ip| *ip != KUBERNETES_SERVICE_IP && !self.cluster_ips.contains(ip))?;
+        // Walks the index's taken addresses down in step with the candidates, so that passing
+        // a block of N taken addresses costs N iterator steps rather than N lookups.
+        let mut indexed = self
+            .index
+            .map(|i| {
+                i.cluster_ips
+                    .range(..=Ipv4Addr::from(top))
+                    .rev()
+                    .filter(|(ip, n)| self.ip_in_index(**ip, **n))
+                    .map(|(ip, _)| *ip)
+            })
+            .into_iter()
+            .flatten()
+            .peekable();
+        let ip = (base + 1..=top).rev().map(Ipv4Addr::from).find(|ip| {
+            while indexed.next_if(|t| t > ip).is_some() {}
+            let in_index = indexed.peek() == Some(ip);
+            *ip != KUBERNETES_SERVICE_IP && !in_index && !self.cluster_ips.contains(ip)
+        })?;
+        drop(indexed);
         self.cluster_ips.insert(ip);
         Some(ip)
     }
 
     /// A free node port, taking it (from the top of the range down, like cluster IPs).
     pub fn node_port(&mut self) -> Option<i32> {
-        let port = NODE_PORT_RANGE
-            .rev()
-            .find(|p| !self.node_ports.contains(p))?;
+        let port = NODE_PORT_RANGE.rev().find(|p| !self.port_taken(*p))?;
         self.node_ports.insert(port);
         Some(port)
     }

@@ -405,13 +405,8 @@ fn admit(
     match key.resource {
         Resource::Services => {
             let mut svc: Service = serde_json::from_value(body).map_err(bad)?;
-            let others = store.list(Resource::Services, None);
-            let mut allocated = Allocated::of(
-                others
-                    .iter()
-                    .filter(|o| ObjectKey::of(o).as_ref() != Some(key))
-                    .map(|o| &**o),
-            );
+            // Everything other Services hold: the store's index, less the replaced object's own.
+            let mut allocated = Allocated::over(store.indexes(), store.get(key).map(|o| &**o));
             let result = match old.map(|o| serde_json::from_value::<Service>(o.clone())) {
                 Some(Ok(old)) => service::admit_update(&mut svc, &old, &mut allocated),
                 // An old object that does not parse (stored raw) is replaced like a new one.

@@ -68,14 +68,19 @@ pub fn reconcile(store: &mut Store, trigger: &Trigger, now: Timestamp) {
 }
 
 /// The Services a change to pod `pod` can concern: those whose selector matches it now, and
-/// those whose slices list it (it may have left their selector, or been deleted). Looking at
-/// these alone, as the real controller does, keeps a pod change from costing a pass over
-/// every Service of the namespace.
+/// those whose slices list it (it may have left their selector, or been deleted). The store's
+/// indexes give both without a pass over every Service or slice of the namespace.
 fn pod_services(store: &Store, namespace: &str, pod: &str) -> Vec<(String, String)> {
     let mut names = std::collections::BTreeSet::new();
     if let Some(p) = store.get(&ObjectKey::new(Resource::Pods, namespace, pod)) {
         let pod_labels = labels(p);
-        for svc in store.list(Resource::Services, Some(namespace)) {
+        let candidates = store
+            .indexes()
+            .services_selecting_any(namespace, pod_labels.iter().map(|(k, v)| (*k, *v)));
+        for name in candidates {
+            let Some(svc) = store.get(&ObjectKey::new(Resource::Services, namespace, &name)) else {
+                continue;
+            };
             let Some(selector) = svc["spec"]["selector"].as_object() else {
                 continue;
             };
@@ -83,21 +88,21 @@ fn pod_services(store: &Store, namespace: &str, pod: &str) -> Vec<(String, Strin
                 && selector.iter().all(|(k, v)| {
                     v.as_str().is_some() && pod_labels.get(k.as_str()).copied() == v.as_str()
                 });
-            if let (true, Some(name)) = (selects, meta_str(&svc, "name")) {
-                names.insert(name.to_string());
+            if selects {
+                names.insert(name);
             }
         }
     }
-    for slice in store.list(Resource::EndpointSlices, Some(namespace)) {
-        let l = labels(&slice);
+    for slice_name in store.indexes().slices_listing(namespace, pod) {
+        let key = ObjectKey::new(Resource::EndpointSlices, namespace, &slice_name);
+        let Some(slice) = store.get(&key) else {
+            continue;
+        };
+        let l = labels(slice);
         if l.get(MANAGED_BY_LABEL) != Some(&MANAGED_BY) {
             continue;
         }
-        let lists_pod = slice["endpoints"].as_array().is_some_and(|eps| {
-            eps.iter()
-                .any(|e| e["targetRef"]["name"].as_str() == Some(pod))
-        });
-        if let (true, Some(service)) = (lists_pod, l.get(SERVICE_NAME_LABEL)) {
+        if let Some(service) = l.get(SERVICE_NAME_LABEL) {
             names.insert(service.to_string());
         }
     }

@@ -204,24 +204,28 @@ fn list(shared: &Shared, filter: &Filter, query: &Query) -> Result<Value, ApiErr
         "" | "0" => None,
         rv => Some(parse_rv(rv)?),
     };
-    let (items, rv) = shared.read(|store| {
-        let rv = store.resource_version();
-        let items: Vec<Value> = store
+    // Only the shared pointers are taken under the store's lock: copying 10 000 objects
+    // there would hold up every write (and so every watch) for as long.
+    let (objects, rv) = shared.read(|store| {
+        let objects: Vec<_> = store
             .list(filter.resource, filter.namespace.as_deref())
-            .iter()
+            .into_iter()
             .filter(|o| filter.matches(o))
-            .map(|o| {
-                // List items carry no apiVersion and kind of their own, as from the real server.
-                let mut item = (**o).clone();
-                if let Some(obj) = item.as_object_mut() {
-                    obj.remove("apiVersion");
-                    obj.remove("kind");
-                }
-                item
-            })
             .collect();
-        (items, rv)
+        (objects, store.resource_version())
     });
+    let items: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            // List items carry no apiVersion and kind of their own, as from the real server.
+            let mut item = (**o).clone();
+            if let Some(obj) = item.as_object_mut() {
+                obj.remove("apiVersion");
+                obj.remove("kind");
+            }
+            item
+        })
+        .collect();
     // The store keeps no old versions: an exact read of anything but now is a read of
     // compacted history.
     if let (true, Some(requested)) = (exact, requested) {

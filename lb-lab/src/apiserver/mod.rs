@@ -23,6 +23,7 @@ pub mod client;
 pub mod controller;
 pub mod discovery;
 pub mod http;
+pub mod index;
 pub mod journal;
 pub mod kubeconfig;
 pub mod resource;
@@ -34,6 +35,9 @@ pub mod service;
 pub mod status;
 pub mod store;
 pub mod watch;
+
+#[cfg(test)]
+mod scale_tests;
 
 pub use ::http::Method;
 pub use client::{Client, ClientError};

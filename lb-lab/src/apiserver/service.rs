@@ -402,7 +402,7 @@ fn allocate(svc: &mut Service, allocated: &mut Allocated) -> Vec<FieldError> {
             }
         } else {
             match requested.parse::<Ipv4Addr>() {
-                Ok(addr) if !allocated.cluster_ips.insert(addr) => {
+                Ok(addr) if !allocated.take_ip(addr) => {
                     errors.push(FieldError::invalid(
                         "spec.clusterIPs",
                         format!("[]string{{\"{requested}\"}}"),
@@ -426,7 +426,7 @@ fn allocate(svc: &mut Service, allocated: &mut Allocated) -> Vec<FieldError> {
     if needs_ports {
         for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
             match port.node_port.filter(|p| *p != 0) {
-                Some(p) if !allocated.node_ports.insert(p) => errors.push(FieldError::invalid(
+                Some(p) if !allocated.take_port(p) => errors.push(FieldError::invalid(
                     format!("spec.ports[{i}].nodePort"),
                     p,
                     "provided port is already allocated",
@@ -447,7 +447,7 @@ fn allocate(svc: &mut Service, allocated: &mut Allocated) -> Vec<FieldError> {
         needs_health,
         spec.health_check_node_port.filter(|p| *p != 0),
     ) {
-        (true, Some(p)) if !NODE_PORT_RANGE.contains(&p) || !allocated.node_ports.insert(p) => {
+        (true, Some(p)) if !NODE_PORT_RANGE.contains(&p) || !allocated.take_port(p) => {
             errors.push(FieldError::invalid(
                 "spec.healthCheckNodePort",
                 p,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::index::Indexes;
 use super::journal::{Journal, Record};
 use super::resource::{meta_mut, ObjectKey, Resource};
 use super::status::ApiError;
@@ -65,6 +66,7 @@ pub struct Store {
     journal: Option<Journal>,
     uid_seed: u64,
     uid_counter: u64,
+    indexes: Indexes,
 }
 
 impl Store {
@@ -82,6 +84,7 @@ impl Store {
             // random number crate.
             uid_seed: RandomState::new().hash_one(std::process::id()),
             uid_counter: 0,
+            indexes: Indexes::default(),
         }
     }
 
@@ -93,10 +96,13 @@ impl Store {
             store.resource_version = store.resource_version.max(record.resource_version);
             match (record.key, record.object) {
                 (Some(key), Some(object)) => {
-                    store.objects.insert(key, Arc::new(object));
+                    let old = store.objects.insert(key.clone(), Arc::new(object));
+                    let new = store.objects.get(&key).map(|o| &**o);
+                    store.indexes.update(&key, old.as_deref(), new);
                 }
                 (Some(key), None) => {
-                    store.objects.remove(&key);
+                    let old = store.objects.remove(&key);
+                    store.indexes.update(&key, old.as_deref(), None);
                 }
                 (None, _) => {}
             }
@@ -128,6 +134,11 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
+    }
+
+    /// What the indexes say (kept in step with every write).
+    pub fn indexes(&self) -> &Indexes {
+        &self.indexes
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Value>> {
@@ -202,6 +213,8 @@ impl Store {
         }
         let object = Arc::new(object);
         let previous = self.objects.insert(key.clone(), Arc::clone(&object));
+        self.indexes
+            .update(&key, previous.as_deref(), Some(&*object));
         let kind = if previous.is_some() {
             EventType::Modified
         } else {
@@ -220,6 +233,7 @@ impl Store {
     /// the deletion's resourceVersion (as the real API server does). Returns that object.
     pub fn delete(&mut self, key: &ObjectKey) -> Option<Arc<Value>> {
         let old = self.objects.remove(key)?;
+        self.indexes.update(key, Some(&*old), None);
         self.resource_version += 1;
         let rv = self.resource_version;
         let mut object = (*old).clone();

@@ -481,8 +481,9 @@ fn programming(
             Ok(!answers(Duration::from_millis(100))?)
         })
         .context("the endpoint never went away")?;
+        let ready = bench.change_pod(true)?;
         let started = Instant::now();
-        bench.set_change_ready(true)?;
+        bench.write_change_pod(&ready)?;
         // Polled from one thread in the client pod: a connect every ~0.2 ms until one lands.
         let reached = lb_lab::netns::run_in(&ns, || {
             while started.elapsed() < Duration::from_secs(10) {
