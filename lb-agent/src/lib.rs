@@ -18,6 +18,7 @@ pub mod datapath_config;
 pub mod error_chain;
 pub mod health;
 pub mod health_check_ports;
+pub mod heap;
 pub mod ids;
 pub mod loader;
 pub mod maps;

@@ -388,6 +388,9 @@ impl<M: DatapathMaps> Pipeline<M> {
             SyncMode::Full => self.sync_full(),
             SyncMode::Incremental => self.sync_incremental(),
         };
+        if mode == SyncMode::Full {
+            crate::heap::trim();
+        }
         match result {
             Ok(report) => {
                 // As kube-proxy: the first programming is not a change being propagated.
