@@ -217,7 +217,10 @@ fn exercise(lab: &Lab) -> Result<usize> {
 /// control-plane, over TCP and UDP; prints who answered and which client address the
 /// backend saw. Returns the number of failures.
 fn exercise_north_south(lab: &Lab) -> Result<usize> {
-    wait_until_served(lab, "lbk-host", "172.18.0.3:30080".parse()?)?;
+    // Every node's agent programs the new services on its own: wait for each of them.
+    for node in lab.nodes() {
+        wait_until_served(lab, "lbk-host", SocketAddr::new(node.ip.into(), 30080))?;
+    }
     println!(
         "\n{:<26} {:<24} {:<22} {:<5} {:<22} client seen by backend",
         "from", "to", "address", "proto", "answered by"
