@@ -606,7 +606,7 @@ fn parallel_create(
     Ok(out)
 }
 
-fn create_pod(
+pub(super) fn create_pod(
     api: &Client,
     name: &str,
     labels: &BTreeMap<String, String>,
@@ -632,7 +632,7 @@ fn create_pod(
 
 /// Creates a ClusterIP service selecting `label=y` with `(name, protocol, port, targetPort)`
 /// ports; its allocated address.
-fn create_service(
+pub(super) fn create_service(
     api: &Client,
     name: &str,
     label: &str,
@@ -662,19 +662,28 @@ fn create_service(
         .with_context(|| format!("service {name} got no cluster IP"))
 }
 
-fn frontends(pin: &Path) -> Result<HashMap<MapData, FrontendKey, Frontend>> {
+pub(super) fn frontends(pin: &Path) -> Result<HashMap<MapData, FrontendKey, Frontend>> {
     let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
     Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 
-/// Polls `done` until it holds; fails after `limit`.
-pub fn wait_until(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+/// Polls `done` every 2 ms until it holds; fails after `limit`.
+pub fn wait_until(limit: Duration, done: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_until_every(limit, Duration::from_millis(2), done)
+}
+
+/// Polls `done` every `poll` until it holds; fails after `limit`.
+pub fn wait_until_every(
+    limit: Duration,
+    poll: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     while !done()? {
         if Instant::now() > deadline {
             bail!("not done after {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(poll);
     }
     Ok(())
 }

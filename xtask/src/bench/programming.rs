@@ -9,14 +9,14 @@
 //!   K times.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::{maps, proto, Frontend, FrontendKey};
+use anyhow::{Context, Result};
+use lb_common::{maps, proto, FrontendKey};
 use lb_lab::{
     apiserver::{Client, Method},
     testing::lab_lock,
@@ -24,7 +24,7 @@ use lb_lab::{
 };
 use serde_json::{json, Value};
 
-use super::stats::percentile;
+use super::{lab_modes, lab_modes::frontends, stats::percentile};
 use crate::{
     build::{run_build, BuildArgs},
     run::say,
@@ -189,48 +189,25 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// Endpoint pods spread over the three nodes' pod CIDRs, above the lab's own pods.
-fn bench_pod_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, (i % 3) as u8, 100 + (i / 3) as u8)
-}
-
+/// A pod named `name` with `label=y`, on the node whose pod CIDR holds `ip`.
 fn create_pod(api: &Client, name: &str, label: &str, ip: Ipv4Addr, ready: bool) -> Result<()> {
     let node = ["control-plane", "worker", "worker2"][usize::from(ip.octets()[2])];
-    let pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {label: "yes"}},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none",
-            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
-        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
-            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
-    });
-    api.request(
-        Method::POST,
-        &format!("/api/v1/namespaces/{NS}/pods"),
-        Some(&pod),
-    )
-    .with_context(|| format!("creating pod {name}"))?;
-    Ok(())
+    let labels = BTreeMap::from([(label.to_string(), "y".to_string())]);
+    lab_modes::create_pod(api, name, &labels, ip, node, ready)
 }
 
-/// Creates a ClusterIP service selecting `label=yes`; its allocated address.
+/// A ClusterIP service on TCP 80 to 8080 of the pods with `label=y`.
 fn create_service(api: &Client, name: &str, label: &str) -> Result<Ipv4Addr> {
-    let svc = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": {label: "yes"},
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
-    });
-    let created = api
-        .request(
-            Method::POST,
-            &format!("/api/v1/namespaces/{NS}/services"),
-            Some(&svc),
-        )
-        .with_context(|| format!("creating service {name}"))?;
-    created["spec"]["clusterIP"]
-        .as_str()
-        .and_then(|ip| ip.parse().ok())
-        .with_context(|| format!("service {name} got no cluster IP"))
+    lab_modes::create_service(api, name, label, &[("http", "TCP", 80, 8080)])
+}
+
+/// Finer than the lab parts' polling: single endpoint changes take a few ms.
+fn wait_until(limit: Duration, done: impl FnMut() -> Result<bool>) -> Result<()> {
+    lab_modes::wait_until_every(limit, Duration::from_micros(200), done)
+}
+
+fn bench_pod_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, (i % 3) as u8, 100 + (i / 3) as u8)
 }
 
 fn set_pod_ready(api: &Client, name: &str, ready: bool) -> Result<()> {
@@ -257,11 +234,6 @@ fn trigger_time(api: &Client, name: &str) -> Result<jiff::Timestamp> {
         .with_context(|| format!("bad trigger time {stamp:?}"))
 }
 
-fn frontends(pin: &Path) -> Result<HashMap<MapData, FrontendKey, Frontend>> {
-    let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
-    Ok(HashMap::try_from(Map::HashMap(data))?)
-}
-
 /// Frontends whose service has exactly `endpoints` backends.
 fn count_programmed(pin: &Path, endpoints: usize) -> Result<usize> {
     let map = frontends(pin)?;
@@ -277,18 +249,6 @@ fn backend_count(pin: &Path, key: &FrontendKey) -> Result<u16> {
         .get(key, 0)
         .map(|fe| fe.backend_count)
         .unwrap_or(u16::MAX))
-}
-
-/// Polls `done` until it holds; fails after `limit`.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !done()? {
-        if Instant::now() > deadline {
-            bail!("not done after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Ok(())
 }
 
 /// The agent's Prometheus metrics, fetched from inside its node's namespace.
