@@ -44,6 +44,11 @@ pub struct BenchArgs {
         default_value = "ebpf,iptables,nftables,direct"
     )]
     modes: Vec<Mode>,
+    /// The largest kube-proxy ruleset, in chains (services × (endpoints + 1)), that the
+    /// iptables and nftables baselines load; larger sizes run ebpf and direct only, with a
+    /// note in the report.
+    #[arg(long, default_value_t = results::BASELINE_MAX_CHAINS)]
+    baseline_max_chains: usize,
     /// Run only these parts [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<Part>>,
@@ -69,6 +74,7 @@ impl BenchArgs {
             endpoints: self.endpoints.clone().unwrap_or(endpoints),
             modes: self.modes.clone(),
             parts: self.only.clone().unwrap_or_else(|| Part::ALL.to_vec()),
+            baseline_max_chains: self.baseline_max_chains,
         }
     }
 }
@@ -97,6 +103,7 @@ pub fn smoke() -> Result<()> {
         endpoints: vec![2],
         modes: Mode::ALL.to_vec(),
         parts: Part::ALL.to_vec(),
+        baseline_max_chains: results::BASELINE_MAX_CHAINS,
     };
     let dir = crate::build::workspace_root().join("target/bench/quick");
     let results = measure_and_report(&settings, &dir)?;

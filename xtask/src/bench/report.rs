@@ -529,6 +529,7 @@ mod tests {
             endpoints: vec![2],
             modes: Mode::ALL.to_vec(),
             parts: vec![],
+            baseline_max_chains: crate::bench::results::BASELINE_MAX_CHAINS,
         };
         let mut s = String::new();
         summary_table(&mut s, &settings, &r);

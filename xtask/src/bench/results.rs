@@ -80,11 +80,33 @@ pub struct Settings {
     pub endpoints: Vec<usize>,
     pub modes: Vec<Mode>,
     pub parts: Vec<Part>,
+    /// The largest kube-proxy ruleset (in chains) the baselines load; see
+    /// [`Settings::runs`].
+    pub baseline_max_chains: usize,
 }
+
+/// What `--baseline-max-chains` defaults to: 10 000 services × 2 endpoints. On this kind of
+/// machine `iptables-restore` (nf_tables backend) took 278 s and `nft -f` 79 s to load that
+/// from empty, and a ruleset three times larger did not finish in 5 minutes.
+pub const BASELINE_MAX_CHAINS: usize = 33_000;
 
 impl Settings {
     pub fn has_mode(&self, mode: Mode) -> bool {
         self.modes.contains(&mode)
+    }
+
+    /// Whether `mode` is measured at `size`: always for `ebpf` and `direct`; for the
+    /// baselines only while kube-proxy's ruleset (a chain per service and one per endpoint)
+    /// stays within [`Settings::baseline_max_chains`], as loading it takes kube-proxy's tools
+    /// superlinear time.
+    pub fn runs(&self, mode: Mode, size: (usize, usize)) -> bool {
+        self.has_mode(mode)
+            && match mode {
+                Mode::Iptables | Mode::Nftables => {
+                    baseline_chains(size) <= self.baseline_max_chains
+                }
+                Mode::Ebpf | Mode::Direct => true,
+            }
     }
 
     /// Every (services, endpoints) pair, smallest first.
@@ -97,6 +119,11 @@ impl Settings {
         sizes.sort_unstable();
         sizes
     }
+}
+
+/// The chains kube-proxy's ruleset has for `size`: one per service and one per endpoint.
+pub fn baseline_chains((services, endpoints): (usize, usize)) -> usize {
+    services * (endpoints + 1)
 }
 
 /// One measured figure: a summary of samples of one metric for one subject at one size.
@@ -215,7 +242,11 @@ mod tests {
             endpoints: vec![10, 2],
             modes: Mode::ALL.to_vec(),
             parts: Part::ALL.to_vec(),
+            baseline_max_chains: BASELINE_MAX_CHAINS,
         };
+        assert!(s.runs(Mode::Iptables, (10_000, 2)));
+        assert!(!s.runs(Mode::Nftables, (10_000, 10)));
+        assert!(s.runs(Mode::Ebpf, (100_000, 10)));
         assert_eq!(s.sizes(), vec![(100, 2), (100, 10), (1000, 2), (1000, 10)]);
     }
 }

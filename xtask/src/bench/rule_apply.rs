@@ -62,6 +62,22 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
     ));
     let cfg = ProxyConfig::default();
     for size in settings.sizes() {
+        let tools: Vec<Mode> = tools
+            .iter()
+            .copied()
+            .filter(|&m| settings.runs(m, size))
+            .collect();
+        if tools.is_empty() {
+            results.note(format!(
+                "programming: iptables and nftables not loaded at {}x{}: kube-proxy's ruleset \
+                 would have {} chains, above --baseline-max-chains {}",
+                size.0,
+                size.1,
+                super::results::baseline_chains(size),
+                settings.baseline_max_chains
+            ));
+            continue;
+        }
         let services = synthetic_services(size.0, size.1);
         for &mode in &tools {
             status(&format!(
@@ -70,14 +86,21 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
                 size.0,
                 size.1
             ));
-            let full = (0..full_repeats(settings))
-                .map(|_| program_from_empty(&ns.0, mode, &services, &cfg))
-                .collect::<Result<Vec<_>>>()?;
+            let budget = Budget::new(settings.quick);
+            // Loads from empty, each after clearing the last; the last one stays for the
+            // changes.
+            let mut full = Vec::new();
+            loop {
+                full.push(load(&ns.0, mode, &services, &cfg)?);
+                if !budget.more(full.len(), full_repeats(settings)) {
+                    break;
+                }
+                clear(&ns.0, mode)?;
+            }
             push_some(
                 results,
                 Figure::durations("program_full", mode.name(), size, "ms", &full),
             );
-
             status(&format!(
                 "programming: {} {}x{} endpoint changes",
                 mode.name(),
@@ -85,6 +108,16 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
                 size.1
             ));
             let changes = endpoint_changes(&ns.0, mode, &services, &cfg, changes(settings))?;
+            clear(&ns.0, mode)?;
+            if changes.len() < self::changes(settings) {
+                results.note(format!(
+                    "programming: {} {}x{}: {} endpoint changes in the time budget",
+                    mode.name(),
+                    size.0,
+                    size.1,
+                    changes.len()
+                ));
+            }
             push_some(
                 results,
                 Figure::durations("endpoint_change", mode.name(), size, "ms", &changes),
@@ -94,30 +127,55 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
     Ok(())
 }
 
-/// Loads the full ruleset into an empty namespace (timed), then takes it out again.
-fn program_from_empty(
+/// How long the repeats of one measurement may take: at least [`Budget::MIN`] samples, and
+/// more (up to the number asked for) only while the budget lasts. At 10k services one load
+/// takes minutes.
+struct Budget {
+    started: Instant,
+    limit: Duration,
+}
+
+impl Budget {
+    const MIN: usize = 1;
+
+    fn new(quick: bool) -> Budget {
+        Budget {
+            started: Instant::now(),
+            limit: Duration::from_secs(if quick { 20 } else { 60 }),
+        }
+    }
+
+    /// Whether to take another sample after `taken` of `wanted`.
+    fn more(&self, taken: usize, wanted: usize) -> bool {
+        taken < wanted && (taken < Self::MIN || self.started.elapsed() < self.limit)
+    }
+}
+
+/// Loads the full ruleset into an empty namespace, timed.
+fn load(
     ns: &NetnsName,
     mode: Mode,
     services: &[BenchService],
     cfg: &ProxyConfig,
 ) -> Result<Duration> {
     match mode {
-        Mode::Iptables => {
-            let took = apply::apply_iptables(ns, services, cfg)?;
-            apply::remove_iptables(ns, services, cfg)?;
-            Ok(took)
-        }
-        Mode::Nftables => {
-            let took = apply::apply_nftables(ns, &nftables::ruleset(services, cfg))?;
-            apply::remove_nftables(ns)?;
-            Ok(took)
-        }
+        Mode::Iptables => apply::apply_iptables(ns, services, cfg),
+        Mode::Nftables => apply::apply_nftables(ns, &nftables::ruleset(services, cfg)),
         other => unreachable!("{other:?} has no ruleset"),
     }
 }
 
-/// With every service loaded, applies `count` single endpoint changes as kube-proxy's
-/// partial sync does, each timed; takes the ruleset out afterwards.
+/// Takes a loaded ruleset out at once (the throwaway namespace holds nothing else).
+fn clear(ns: &NetnsName, mode: Mode) -> Result<()> {
+    match mode {
+        Mode::Iptables => apply::clear_iptables(ns),
+        Mode::Nftables => apply::remove_nftables(ns).map(drop),
+        other => unreachable!("{other:?} has no ruleset"),
+    }
+}
+
+/// With every service loaded, applies up to `count` single endpoint changes as kube-proxy's
+/// partial sync does, each timed, within a [`Budget`] (at least 5).
 fn endpoint_changes(
     ns: &NetnsName,
     mode: Mode,
@@ -125,14 +183,13 @@ fn endpoint_changes(
     cfg: &ProxyConfig,
     count: usize,
 ) -> Result<Vec<Duration>> {
-    match mode {
-        Mode::Iptables => apply::apply_iptables(ns, services, cfg)?,
-        Mode::Nftables => apply::apply_nftables(ns, &nftables::ruleset(services, cfg))?,
-        other => unreachable!("{other:?} has no ruleset"),
-    };
+    let budget = Budget::new(false);
     let mut current = services.to_vec();
     let mut took = Vec::with_capacity(count);
     for i in 0..count {
+        if i >= 5 && !budget.more(i, count) {
+            break;
+        }
         let next = endpoint_change(&current, i);
         took.push(match mode {
             Mode::Iptables => {
@@ -152,10 +209,6 @@ fn endpoint_changes(
         });
         current = next;
     }
-    match mode {
-        Mode::Iptables => apply::remove_iptables(ns, &current, cfg)?,
-        _ => apply::remove_nftables(ns)?,
-    };
     Ok(took)
 }
 

@@ -208,7 +208,24 @@ fn rounds(
     results: &mut Results,
     status: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let modes = &settings.modes;
+    let modes: Vec<Mode> = settings
+        .modes
+        .iter()
+        .copied()
+        .filter(|&m| settings.runs(m, (n, e)))
+        .collect();
+    for skipped in settings.modes.iter().filter(|m| !modes.contains(m)) {
+        results.note(format!(
+            "{} not measured at {n}x{e}: kube-proxy's ruleset would have {} chains, above \
+             --baseline-max-chains {}",
+            skipped.name(),
+            super::results::baseline_chains((n, e)),
+            settings.baseline_max_chains
+        ));
+        for _ in 0..amounts.rounds {
+            status(&format!("{STEP_DONE}{n}x{e} {} skipped", skipped.name()));
+        }
+    }
     for round in 0..amounts.rounds {
         for k in 0..modes.len() {
             let mode = modes[(k + round) % modes.len()];
