@@ -358,10 +358,11 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut offset = 0;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let content = line.trim_end_matches(['\n', '\r']);
+        // No allocation per line: this runs over every line of every manifest.
         let is_marker = |m: &str| {
-            content == m
-                || content.starts_with(&format!("{m} "))
-                || content.starts_with(&format!("{m}\t"))
+            content
+                .strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         };
         if is_marker("---") {
             // The marker line starts the next document: `--- {a: 1}` carries content.
