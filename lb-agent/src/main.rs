@@ -238,11 +238,11 @@ async fn run(args: &Args) -> Result<()> {
     let health = Arc::new(Health::new(args.sync_period * 2));
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _source_tasks = match (&args.source, client) {
-        (SourceSpec::File(dir), _) => vec![source::file::spawn_events(
-            dir.clone(),
-            args.node_name.clone(),
-            events_tx,
-        )?],
+        (SourceSpec::File(dir), _) => {
+            // A thread of its own, which stops when the pipeline drops its receiver.
+            source::file::spawn_events(dir.clone(), args.node_name.clone(), events_tx)?;
+            Vec::new()
+        }
         (SourceSpec::Kube, Some(client)) => {
             source::kube::spawn(client, &args.node_name, events_tx, metrics.clone())
         }

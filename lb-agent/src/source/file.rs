@@ -14,7 +14,6 @@ use std::{
     fmt, fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Arc,
     thread,
     time::Duration,
 };
@@ -24,7 +23,6 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde_yaml::Value;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{Change, EventSender, SourceEvent, Update};
@@ -41,35 +39,40 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
 }
 
-/// The receiving end of [`FileSource::spawn`]: `None` until the first complete read.
-pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
-
 /// Starts a file source over `dir` that sends each snapshot as a full resync of Services
-/// and EndpointSlices (`node_name` marks this node's endpoints). It stops when the
+/// and EndpointSlices (`node_name` marks this node's endpoints). Its thread stops when the
 /// receiving end of `events` is dropped.
+///
+/// Each snapshot is turned into the model's small form on the source's thread and the API
+/// objects are dropped there: nothing keeps the parsed manifests once they are converted
+/// (at 10 000 services they weigh several times the model).
 pub fn spawn_events(
     dir: PathBuf,
     node_name: String,
     events: EventSender,
-) -> Result<tokio::task::JoinHandle<()>, FileSourceError> {
-    let mut snapshots = FileSource::new(dir)?.spawn()?;
-    Ok(tokio::spawn(async move {
-        while snapshots.changed().await.is_ok() {
-            let Some(snapshot) = snapshots.borrow_and_update().clone() else {
-                continue;
-            };
-            let services = snapshot.services.iter().map(parse_service).collect();
-            let slices = snapshot
-                .endpoint_slices
-                .iter()
-                .map(|s| parse_slice(s, &node_name))
-                .collect();
-            let update = Update::snapshot(Change::Replace(services), Change::Replace(slices));
-            if events.send(SourceEvent::now(update)).await.is_err() {
-                return;
-            }
-        }
-    }))
+) -> Result<(), FileSourceError> {
+    let closed = events.clone();
+    FileSource::new(dir)?.spawn(
+        move |snapshot| {
+            let update = to_update(snapshot, &node_name);
+            events.blocking_send(SourceEvent::now(update)).is_ok()
+        },
+        move || closed.is_closed(),
+    )
+}
+
+/// A snapshot as the full resync it stands for, consuming the API objects one by one.
+fn to_update(snapshot: Snapshot, node_name: &str) -> Update {
+    let Snapshot {
+        services,
+        endpoint_slices,
+    } = snapshot;
+    let services = services.into_iter().map(|s| parse_service(&s)).collect();
+    let slices = endpoint_slices
+        .into_iter()
+        .map(|s| parse_slice(&s, node_name))
+        .collect();
+    Update::snapshot(Change::Replace(services), Change::Replace(slices))
 }
 
 /// How often the directory is checked for changes.
@@ -134,20 +137,24 @@ impl FileSource {
         Ok(Some(read.snapshot))
     }
 
-    /// Polls on a background thread every [`POLL_INTERVAL`], publishing each new snapshot.
-    /// A directory that cannot be read is logged and the last snapshot stays in force: a
-    /// transient error must not look like "every service was deleted".
-    pub fn spawn(mut self) -> Result<SnapshotReceiver, FileSourceError> {
-        let (tx, rx) = watch::channel(None);
+    /// Polls on a background thread every [`POLL_INTERVAL`], handing each new snapshot to
+    /// `publish`, until `publish` returns false or `closed` returns true. A directory that
+    /// cannot be read is logged and the last snapshot stays in force: a transient error must
+    /// not look like "every service was deleted".
+    pub fn spawn(
+        mut self,
+        mut publish: impl FnMut(Snapshot) -> bool + Send + 'static,
+        closed: impl Fn() -> bool + Send + 'static,
+    ) -> Result<(), FileSourceError> {
         thread::Builder::new()
             .name("lb-file-source".into())
             .spawn(move || {
                 let mut last_error = None;
-                while !tx.is_closed() {
+                while !closed() {
                     match self.poll() {
                         Ok(Some(snapshot)) => {
                             last_error = None;
-                            if tx.send(Some(Arc::new(snapshot))).is_err() {
+                            if !publish(snapshot) {
                                 return;
                             }
                         }
@@ -164,7 +171,7 @@ impl FileSource {
                 }
             })
             .map_err(FileSourceError::Spawn)?;
-        Ok(rx)
+        Ok(())
     }
 }
 
@@ -257,22 +264,54 @@ impl fmt::Display for Origin {
 
 /// Reads every manifest in `dir` into a snapshot; nothing that is wrong with one file or
 /// document stops the others from being served.
+///
+/// Files are parsed on as many threads as there are CPUs: YAML parsing is most of an
+/// agent's start at 10 000 services (the maps are written only after it), and files are
+/// independent. The result is merged in file order, so it is the same as a serial read.
 pub fn read_dir(dir: &Path) -> Result<DirRead, FileSourceError> {
+    let paths = manifest_paths(dir)?;
+    let threads = thread::available_parallelism().map_or(1, usize::from);
+    let per_thread = paths.len().div_ceil(threads).max(1);
+    let parts: Vec<Vec<DirRead>> = thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(|| chunk.iter().map(|p| read_file(p)).collect()))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
     let mut read = DirRead::default();
-    for path in manifest_paths(dir)? {
-        match fs::read_to_string(&path) {
-            Ok(text) => read_text(&path, &text, &mut read),
-            Err(e) => read.problems.push(Located {
-                origin: Origin {
-                    file: path,
-                    document: None,
-                    item: None,
-                },
-                what: format!("cannot read file: {e}"),
-            }),
-        }
+    for part in parts.into_iter().flatten() {
+        read.snapshot.services.extend(part.snapshot.services);
+        read.snapshot
+            .endpoint_slices
+            .extend(part.snapshot.endpoint_slices);
+        read.problems.extend(part.problems);
+        read.ignored.extend(part.ignored);
     }
     Ok(read)
+}
+
+/// One manifest file's objects, problems and ignored documents.
+fn read_file(path: &Path) -> DirRead {
+    let mut read = DirRead::default();
+    match fs::read_to_string(path) {
+        Ok(text) => read_text(path, &text, &mut read),
+        Err(e) => read.problems.push(Located {
+            origin: Origin {
+                file: path.to_owned(),
+                document: None,
+                item: None,
+            },
+            what: format!("cannot read file: {e}"),
+        }),
+    }
+    read
 }
 
 fn read_text(file: &Path, text: &str, read: &mut DirRead) {
@@ -319,10 +358,11 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut offset = 0;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let content = line.trim_end_matches(['\n', '\r']);
+        // No allocation per line: this runs over every line of every manifest.
         let is_marker = |m: &str| {
-            content == m
-                || content.starts_with(&format!("{m} "))
-                || content.starts_with(&format!("{m}\t"))
+            content
+                .strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         };
         if is_marker("---") {
             // The marker line starts the next document: `--- {a: 1}` carries content.
@@ -658,23 +698,29 @@ spec:
     }
 
     #[tokio::test]
-    async fn spawned_source_publishes_snapshots_as_the_directory_changes() {
+    async fn spawned_source_sends_each_snapshot_as_a_full_resync() {
         let dir = dir_with(&[("a.yaml", SERVICE)]);
-        let mut rx = FileSource::new(dir.path().to_owned())
-            .expect("source")
-            .spawn()
-            .expect("spawn");
-        async fn next(rx: &mut SnapshotReceiver) -> Arc<Snapshot> {
-            tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        spawn_events(dir.path().to_owned(), "node-a".into(), tx).expect("spawn");
+        async fn next(rx: &mut crate::source::EventReceiver) -> (usize, usize) {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await
                 .expect("snapshot within 5 s")
                 .expect("source alive");
-            rx.borrow_and_update().clone().expect("a snapshot")
+            let Update::Snapshot(snapshot) = event.update else {
+                panic!("not a snapshot: {:?}", event.update);
+            };
+            match (snapshot.services, snapshot.slices) {
+                (Change::Replace(services), Change::Replace(slices)) => {
+                    assert!(services.iter().all(|p| p.value.is_some()));
+                    assert!(slices.iter().all(|p| p.value.is_some()));
+                    (services.len(), slices.len())
+                }
+                other => panic!("not a full resync: {other:?}"),
+            }
         }
-        assert_eq!(next(&mut rx).await.services.len(), 1);
+        assert_eq!(next(&mut rx).await, (1, 0));
         fs::write(dir.path().join("b.yaml"), SLICE).expect("write");
-        let snapshot = next(&mut rx).await;
-        assert_eq!(snapshot.endpoint_slices.len(), 1);
-        assert_eq!(snapshot.services.len(), 1);
+        assert_eq!(next(&mut rx).await, (1, 1));
     }
 }
