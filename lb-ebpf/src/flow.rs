@@ -6,7 +6,7 @@
 //! can first check that it is able to send the packet itself.
 
 use lb_common::{
-    conntrack::{ct_flags, dir},
+    conntrack::{ct_flags, dir, directions},
     frontend::flags,
     BackendId, Config, CtKey, Reason,
 };
@@ -56,23 +56,30 @@ pub fn forward_key(pkt: &Packet) -> CtKey {
 #[inline(always)]
 pub fn decide(pkt: &Packet, origin: Origin, now: u64) -> Result<Step, Reason> {
     let key = forward_key(pkt);
-    if let Some(hit) = conntrack::forward_hit(&key, pkt, now) {
-        return Ok(Step::Tracked {
-            to: hit.to,
-            backend_id: hit.backend_id,
-            reason: Reason::EstablishedFlow,
-        });
+    // Each lookup of a new flow's tuple is a cache miss on the real path: a handshake
+    // packet looks up only the direction it can belong to.
+    let may = directions(pkt.proto, pkt.tcp_flags);
+    if may.forward {
+        if let Some(hit) = conntrack::forward_hit(&key, pkt, now) {
+            return Ok(Step::Tracked {
+                to: hit.to,
+                backend_id: hit.backend_id,
+                reason: Reason::EstablishedFlow,
+            });
+        }
     }
-    let reply_key = CtKey {
-        dir: dir::REPLY,
-        ..key
-    };
-    if let Some(hit) = conntrack::reply_hit(&reply_key, pkt, now) {
-        return Ok(Step::Tracked {
-            to: hit.to,
-            backend_id: hit.backend_id,
-            reason: Reason::ReplyTranslated,
-        });
+    if may.reply {
+        let reply_key = CtKey {
+            dir: dir::REPLY,
+            ..key
+        };
+        if let Some(hit) = conntrack::reply_hit(&reply_key, pkt, now) {
+            return Ok(Step::Tracked {
+                to: hit.to,
+                backend_id: hit.backend_id,
+                reason: Reason::ReplyTranslated,
+            });
+        }
     }
 
     // Read only now: a tracked flow's packets never need the settings.
