@@ -5,11 +5,10 @@
 //! - `iptables` / `nftables`: the agents are killed and their pinned links removed (which
 //!   detaches every tc, XDP and cgroup program, so no BPF runs), and kube-proxy's ruleset for
 //!   the same Services and EndpointSlices is loaded into every node namespace
-//!   (`iptables-restore --noflush` / `nft -f`, all nodes at once). Leaving the mode unhooks
-//!   the ruleset (the jumps from the built-in chains, or the nftables base chains, go out;
-//!   every other chain stays, unreferenced, so no packet meets it) and coming back hooks it in
-//!   again: at 10k services a load from empty takes minutes, a hook milliseconds. A ruleset is
-//!   loaded afresh only when the services changed;
+//!   (`iptables-restore --noflush` / `nft -f`, all nodes at once). Leaving the mode clears
+//!   every table the ruleset made: rules that are merely unhooked would still keep
+//!   netfilter's conntrack in every packet's path (a DNAT, MASQUERADE or ct match holds it),
+//!   slowing the other modes down and dropping their new flows on clashes with its entries;
 //! - `direct`: nothing runs; clients address backend pod IPs.
 //!
 //! Backends are real servers: every echo pod gets extra addresses (one per pool slot, with
@@ -115,11 +114,6 @@ pub struct LabBench {
     loaded_endpoints: usize,
     /// kube-proxy's view of what is loaded: the generators' input for iptables/nftables.
     model: Vec<BenchService>,
-    /// Bumped whenever `model` changes.
-    generation: u64,
-    /// The `generation` each baseline's ruleset in the nodes was made from (loaded, hooked
-    /// or not), if one is there.
-    rules_for: BTreeMap<Mode, u64>,
     pub targets: Targets,
     mode: Mode,
 }
@@ -154,8 +148,6 @@ impl LabBench {
             loaded: 0,
             loaded_endpoints: 0,
             model: Vec::new(),
-            generation: 0,
-            rules_for: BTreeMap::new(),
             targets: Targets::default(),
             mode: Mode::Ebpf,
             iperf: None,
@@ -329,7 +321,6 @@ impl LabBench {
     /// took. Must be in `ebpf` mode or any other: the rulesets follow in [`Self::switch`].
     pub fn load(&mut self, services: usize, endpoints: usize) -> Result<Duration> {
         let started = Instant::now();
-        self.generation += 1;
         if endpoints != self.loaded_endpoints || services < self.loaded {
             self.delete_services(0..self.loaded)?;
             self.loaded = 0;
@@ -429,50 +420,23 @@ impl LabBench {
         }
         match self.mode {
             Mode::Ebpf => self.stop_datapath()?,
-            Mode::Iptables => self.for_nodes(|ns, _, _| apply::unhook_iptables(ns))?,
-            Mode::Nftables => self.for_nodes(|ns, _, _| apply::unhook_nftables(ns))?,
+            Mode::Iptables => self.for_nodes(|ns, _, _| apply::clear_iptables(ns))?,
+            Mode::Nftables => self.for_nodes(|ns, _, _| apply::remove_nftables(ns).map(drop))?,
             Mode::Direct => {}
         }
         // From here on no mode is fully in place until the new one is.
         self.mode = Mode::Direct;
         match mode {
             Mode::Ebpf => self.start_datapath()?,
-            Mode::Iptables | Mode::Nftables => self.hook_rules(mode)?,
+            Mode::Iptables => {
+                self.for_nodes(|ns, cfg, model| apply::apply_iptables(ns, model, cfg).map(drop))?
+            }
+            Mode::Nftables => self.for_nodes(|ns, cfg, model| {
+                apply::apply_nftables(ns, &nftables::ruleset(model, cfg)).map(drop)
+            })?,
             Mode::Direct => {}
         }
         self.mode = mode;
-        Ok(())
-    }
-
-    /// Puts the baseline `mode`'s ruleset for the loaded services in every node: hooks in
-    /// the parked one if it was made for them, or else loads it from empty (after clearing a
-    /// stale one).
-    fn hook_rules(&mut self, mode: Mode) -> Result<()> {
-        let current = self.rules_for.get(&mode) == Some(&self.generation);
-        match (mode, current) {
-            (Mode::Iptables, true) => self.for_nodes(|ns, _, _| apply::rehook_iptables(ns))?,
-            (Mode::Nftables, true) => self.for_nodes(|ns, _, _| apply::rehook_nftables(ns))?,
-            (Mode::Iptables, false) => {
-                let stale = self.rules_for.remove(&mode).is_some();
-                self.for_nodes(|ns, cfg, model| {
-                    if stale {
-                        apply::clear_iptables(ns)?;
-                    }
-                    apply::apply_iptables(ns, model, cfg).map(drop)
-                })?
-            }
-            (Mode::Nftables, false) => {
-                let stale = self.rules_for.remove(&mode).is_some();
-                self.for_nodes(|ns, cfg, model| {
-                    if stale {
-                        apply::remove_nftables(ns)?;
-                    }
-                    apply::apply_nftables(ns, &nftables::ruleset(model, cfg)).map(drop)
-                })?
-            }
-            (other, _) => bail!("{} has no ruleset", other.name()),
-        }
-        self.rules_for.insert(mode, self.generation);
         Ok(())
     }
 

@@ -204,53 +204,19 @@ impl Jump {
 /// for each entry, in order, so the last one ends up first). Apply it before
 /// [`restore_input`].
 pub fn jump_rules_input() -> String {
-    jumps_input("-I", true)
-}
-
-/// Restore input that takes kube-proxy's jumps out of the built-in chains and leaves every
-/// chain of ours loaded but unreferenced, so no packet walks them. The bench parks a
-/// ruleset this way between its rounds: loading one again from empty takes minutes at 10k
-/// services.
-pub fn unhook_input() -> String {
-    jumps_input("-D", false)
-}
-
-/// Puts the jumps [`unhook_input`] took out back, in the order [`jump_rules_input`] left
-/// them. No chain lines: `:CHAIN` would flush the loaded chains.
-pub fn rehook_input() -> String {
-    jumps_input("-I", true)
-        .lines()
-        .filter(|l| !l.starts_with(':'))
-        .fold(String::new(), |out, l| out + l + "\n")
-}
-
-/// The built-in chains kube-proxy jumps from, per table: `(table, chain)`.
-pub fn hooked_builtin_chains() -> Vec<(&'static str, &'static str)> {
-    let mut chains = Vec::new();
-    for jump in &JUMPS {
-        if !chains.contains(&(jump.table, jump.src)) {
-            chains.push((jump.table, jump.src));
-        }
-    }
-    chains
-}
-
-/// Every jump as `op SRC SPEC` per table, with the top-level chains declared first if
-/// `declare`.
-fn jumps_input(op: &str, declare: bool) -> String {
     let mut out = String::new();
     for table in ["filter", "nat"] {
         let jumps: Vec<&Jump> = JUMPS.iter().filter(|j| j.table == table).collect();
         out += &format!("*{table}\n");
         let mut declared = Vec::new();
         for jump in &jumps {
-            if declare && !declared.contains(&jump.dst) {
+            if !declared.contains(&jump.dst) {
                 declared.push(jump.dst);
                 out += &chain_line(jump.dst);
             }
         }
         for jump in &jumps {
-            out += &format!("{op} {} {}\n", jump.src, jump.spec());
+            out += &format!("-I {} {}\n", jump.src, jump.spec());
         }
         out += "COMMIT\n";
     }

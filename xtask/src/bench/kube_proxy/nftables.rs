@@ -101,34 +101,6 @@ pub fn stale_chain_deletes(
         .collect()
 }
 
-/// Takes the base chains out of a loaded ruleset and leaves every other chain, map and set
-/// in place: with no hook left, no packet meets the ruleset. The bench parks a ruleset this
-/// way between its rounds, since loading one again takes a minute or more at 10k services.
-pub fn unhook() -> String {
-    BASE_CHAINS
-        .iter()
-        .map(|(name, ..)| format!("flush chain {TABLE} {name}\ndelete chain {TABLE} {name}\n"))
-        .collect()
-}
-
-/// Puts back what [`unhook`] took out: the base chains, and their jumps in the order of a
-/// full sync.
-pub fn rehook() -> String {
-    let mut tx: String = BASE_CHAINS
-        .iter()
-        .map(|(name, kind, hook, priority)| {
-            format!(
-                "add chain {TABLE} {name} {{ type {kind} hook {hook} priority {priority} ; }}\n"
-            )
-        })
-        .collect();
-    for (dst, src, matches) in JUMP_CHAINS {
-        let sep = if matches.is_empty() { "" } else { " " };
-        tx += &format!("add rule {TABLE} {src} {matches}{sep}jump {dst}\n");
-    }
-    tx
-}
-
 /// Removes everything kube-proxy created (its `CleanupLeftovers`).
 pub fn cleanup() -> String {
     format!("delete table {TABLE}\n")
