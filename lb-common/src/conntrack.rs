@@ -135,7 +135,8 @@ pub mod seen {
     pub const FIN_REPLY: u8 = 1 << 2;
     /// Either side sent a RST.
     pub const RST: u8 = 1 << 3;
-    /// The first packet was a SYN (not a mid-stream pickup).
+    /// The client sent a bare SYN: the connection was opened through this entry, not
+    /// picked up mid-stream. A SYN-ACK is translated only on a flow that shows it.
     pub const SYN: u8 = 1 << 4;
 }
 
@@ -245,6 +246,10 @@ pub const fn seen_bits(flags: u8, dir: u8) -> u8 {
     }
     if dir == dir::REPLY {
         bits |= seen::REPLY;
+    } else if flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0 {
+        // Also when a SYN reuses a live entry picked up mid-stream: the backend's SYN-ACK
+        // will answer it, and `awaits_syn_ack` asks for this bit.
+        bits |= seen::SYN;
     }
     bits
 }
@@ -280,6 +285,25 @@ pub const fn is_reopen(proto: u8, seen: u8, flags: u8) -> bool {
         && flags & tcp_flags::SYN != 0
         && flags & tcp_flags::ACK == 0
         && seen & (seen::RST | seen::FIN_FORWARD | seen::FIN_REPLY) != 0
+}
+
+/// True for a TCP SYN-ACK: a reply that (re)opens a connection.
+#[inline(always)]
+pub const fn is_syn_ack(proto: u8, flags: u8) -> bool {
+    proto == crate::proto::TCP && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK != 0
+}
+
+/// True when a flow whose forward entry has shown `seen` may be answered by a SYN-ACK: the
+/// client opened it with a SYN through this entry and neither side has finished it.
+///
+/// Why it matters: a reply entry outlives its flow (until LRU eviction), and a later,
+/// unrelated connection can carry its tuple, e.g. the same client connecting to the backend
+/// directly from a reused source port. That connection's SYN never went through the
+/// service's forward entry, so a SYN-ACK checked against it is refused instead of being
+/// rewritten to come from the service (which would make the client's connect fail).
+#[inline(always)]
+pub const fn awaits_syn_ack(seen: u8) -> bool {
+    seen & seen::SYN != 0 && seen & (seen::RST | seen::FIN_FORWARD | seen::FIN_REPLY) == 0
 }
 
 impl CtEntry {
@@ -415,6 +439,41 @@ mod tests {
         assert!(!is_reopen(TCP, seen::SYN | seen::REPLY, syn));
         assert!(!is_reopen(TCP, seen::RST, syn | tcp_flags::ACK));
         assert!(!is_reopen(UDP, seen::RST, syn));
+    }
+
+    #[test]
+    fn a_bare_syn_marks_the_flow_opened_in_the_forward_direction_only() {
+        assert_eq!(seen_bits(tcp_flags::SYN, dir::FORWARD), seen::SYN);
+        assert_eq!(seen_bits(tcp_flags::SYN | tcp_flags::ACK, dir::FORWARD), 0);
+        assert_eq!(
+            seen_bits(tcp_flags::SYN | tcp_flags::ACK, dir::REPLY),
+            seen::REPLY
+        );
+        // A mid-stream entry a client opens anew waits for the answer again.
+        assert_eq!(
+            CtState::from_seen(TCP, seen_bits(tcp_flags::SYN, dir::FORWARD)),
+            CtState::SynSent
+        );
+    }
+
+    #[test]
+    fn a_syn_ack_answers_only_an_opened_unfinished_flow() {
+        let synack = tcp_flags::SYN | tcp_flags::ACK;
+        assert!(is_syn_ack(TCP, synack));
+        assert!(!is_syn_ack(TCP, tcp_flags::SYN));
+        assert!(!is_syn_ack(TCP, tcp_flags::ACK));
+        assert!(!is_syn_ack(UDP, synack));
+
+        assert!(awaits_syn_ack(seen::SYN));
+        // A retransmitted SYN-ACK (the client's ACK was lost) still belongs to the flow.
+        assert!(awaits_syn_ack(seen::SYN | seen::REPLY));
+        // Finished: a SYN-ACK now answers another connection on the same tuple.
+        for end in [seen::RST, seen::FIN_FORWARD, seen::FIN_REPLY] {
+            assert!(!awaits_syn_ack(seen::SYN | seen::REPLY | end), "{end:#x}");
+        }
+        // Picked up mid-stream and never sent a SYN: the SYN-ACK answers someone else.
+        assert!(!awaits_syn_ack(seen::REPLY));
+        assert!(!awaits_syn_ack(0));
     }
 
     #[test]

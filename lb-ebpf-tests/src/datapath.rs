@@ -326,6 +326,20 @@ impl Datapath {
         map.get(key, 0).ok()
     }
 
+    /// Writes a conntrack entry as it stands (to age a flow: stamps are CLOCK_MONOTONIC).
+    pub fn ct_set(&mut self, key: &CtKey, entry: CtEntry) {
+        let mut map: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
+        map.insert(key, entry, 0).expect("insert conntrack entry");
+    }
+
+    /// Removes a conntrack entry, as LRU eviction would.
+    pub fn ct_remove(&mut self, key: &CtKey) {
+        let mut map: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
+        map.remove(key).expect("remove conntrack entry");
+    }
+
     pub fn ct_len(&mut self) -> usize {
         let map: HashMap<&mut MapData, CtKey, CtEntry> =
             HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");

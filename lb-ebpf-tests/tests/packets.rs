@@ -561,3 +561,255 @@ fn logging_is_gated_by_the_log_level() {
         );
     }
 }
+
+// Reply entries outlive their flows (until LRU eviction), and another connection can later
+// carry the same tuple. A reply is translated only while its flow's forward entry is alive.
+
+/// The reply entry of a non-masqueraded flow from `CLIENT:port` served by BACKEND_A:8080.
+fn reply_key(port: u16) -> CtKey {
+    CtKey::new(
+        be(BACKEND_A),
+        be(CLIENT.into()),
+        8080u16.to_be(),
+        port.to_be(),
+        TCP,
+        dir::REPLY,
+    )
+}
+
+/// A packet from BACKEND_A:8080 to `CLIENT:port` with `flags`.
+fn from_backend(port: u16, flags: u8) -> PacketSpec {
+    PacketSpec::tcp(sock(BACKEND_A.octets(), 8080), sock(CLIENT, port), flags)
+}
+
+/// Opens `CLIENT:port` -> VIP:80 through `program` and has the backend answer it.
+fn open_through_service(dp: &mut Datapath, port: u16) -> PacketSpec {
+    let syn = PacketSpec::tcp(sock(CLIENT, port), sock(VIP.octets(), 80), SYN);
+    dp.run(Program::FromPod, &syn.build()).unwrap();
+    let run = dp
+        .run(Program::ToPod, &from_backend(port, SYN | ACK).build())
+        .unwrap();
+    assert_eq!(check(&run.data).src, sock(VIP.octets(), 80));
+    syn
+}
+
+/// The client's packet on `syn`'s tuple with `flags`.
+fn from_client(syn: &PacketSpec, flags: u8) -> Vec<u8> {
+    PacketSpec {
+        tcp_flags: flags,
+        ..syn.clone()
+    }
+    .build()
+}
+
+/// Ages the entry under `key` to stamp 0 (long before now), adding `seen` bits.
+fn age(dp: &mut Datapath, key: &CtKey, seen: u8) {
+    let entry = dp.ct_get(key).expect("conntrack entry to age");
+    dp.ct_set(
+        key,
+        lb_common::CtEntry {
+            last_seen_ns: 0,
+            seen: entry.seen | seen,
+            ..entry
+        },
+    );
+}
+
+/// Asserts that `program` lets `spec` through byte for byte.
+fn assert_untranslated(dp: &mut Datapath, program: Program, spec: &PacketSpec) {
+    let input = spec.build();
+    let run = dp.run(program, &input).unwrap();
+    assert_eq!(run.retval, PASS, "{program:?} {spec:?}");
+    assert_eq!(run.data, input, "{program:?} must not translate {spec:?}");
+}
+
+/// Asserts that `program` gives `spec` the service's address as its source.
+fn assert_from_service(dp: &mut Datapath, program: Program, spec: &PacketSpec) {
+    let input = spec.build();
+    let run = dp.run(program, &input).unwrap();
+    assert_eq!(run.retval, PASS, "{program:?} {spec:?}");
+    let out = check(&run.data);
+    assert_eq!(out.src, sock(VIP.octets(), 80), "{program:?} {spec:?}");
+    assert_eq!(out.dst, spec.dst);
+    assert_only_changed(&input, &run.data, &[IP_CSUM, IP_SRC, L4_SPORT, TCP_CSUM]);
+}
+
+/// Stamps far enough in the past to expire any flow but an established one must be
+/// possible: CLOCK_MONOTONIC (the datapath's clock) must be past them.
+fn require_uptime_past_timeouts() {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    assert!(
+        now.tv_sec > 2 * lb_common::conntrack::timeout::UDP_S as i64,
+        "the test ages entries to stamp 0 and needs the clock past the timeouts"
+    );
+}
+
+#[test]
+fn a_finished_flows_reply_entry_does_not_capture_a_direct_connection() {
+    datapath_or_skip!("a_finished_flows_reply_entry_does_not_capture_a_direct_connection");
+    let mut dp = one_backend().unwrap();
+    // The reply is seen by lb_to_pod on the client's veth, or by lb_from_pod on the
+    // backend's when both pods are on this node.
+    for (port, program) in [(40020, Program::ToPod), (40021, Program::FromPod)] {
+        let syn = open_through_service(&mut dp, port);
+        dp.run(Program::FromPod, &from_client(&syn, FIN | ACK))
+            .unwrap();
+        dp.run(Program::ToPod, &from_backend(port, FIN | ACK).build())
+            .unwrap();
+        assert_eq!(
+            dp.ct_get(&forward_key(&syn)).unwrap().state(TCP),
+            CtState::Closing
+        );
+
+        // The client now connects to the backend directly from the same port.
+        let direct = PacketSpec::tcp(sock(CLIENT, port), sock(BACKEND_A.octets(), 8080), SYN);
+        assert_untranslated(&mut dp, Program::FromPod, &direct);
+        assert_untranslated(&mut dp, program, &from_backend(port, SYN | ACK));
+        assert!(
+            dp.ct_get(&reply_key(port)).is_none(),
+            "a reply entry whose tuple another connection took is dropped"
+        );
+        // The rest of the direct connection is left alone too, though the old flow's
+        // forward entry still lives (late segments of it would still translate).
+        assert_untranslated(
+            &mut dp,
+            program,
+            &from_backend(port, ACK).payload(b"direct"),
+        );
+    }
+    // Only the two flows' SYN-ACKs and FINs.
+    assert_eq!(dp.counter(Reason::ReplyTranslated), 4);
+}
+
+#[test]
+fn a_dead_flows_reply_entry_does_not_translate() {
+    datapath_or_skip!("a_dead_flows_reply_entry_does_not_translate");
+    require_uptime_past_timeouts();
+    let mut dp = one_backend().unwrap();
+
+    // The client's SYN went unanswered past the SYN timeout; the SYN-ACK answers another
+    // connection.
+    let syn = PacketSpec::tcp(sock(CLIENT, 40022), sock(VIP.octets(), 80), SYN);
+    dp.run(Program::FromPod, &syn.build()).unwrap();
+    age(&mut dp, &forward_key(&syn), 0);
+    assert_untranslated(&mut dp, Program::ToPod, &from_backend(40022, SYN | ACK));
+    assert!(dp.ct_get(&reply_key(40022)).is_none());
+
+    // Established, then the forward entry was evicted; the reply entry has been idle.
+    let syn = open_through_service(&mut dp, 40023);
+    dp.ct_remove(&forward_key(&syn));
+    age(&mut dp, &reply_key(40023), 0);
+    assert_untranslated(
+        &mut dp,
+        Program::ToPod,
+        &from_backend(40023, ACK).payload(b"x"),
+    );
+    assert!(dp.ct_get(&reply_key(40023)).is_none());
+
+    // Closed (FIN both ways), and the close timeout has passed.
+    let syn = open_through_service(&mut dp, 40024);
+    age(
+        &mut dp,
+        &forward_key(&syn),
+        lb_common::conntrack::seen::FIN_FORWARD | lb_common::conntrack::seen::FIN_REPLY,
+    );
+    age(&mut dp, &reply_key(40024), 0);
+    assert_untranslated(&mut dp, Program::FromPod, &from_backend(40024, ACK));
+}
+
+#[test]
+fn a_syn_ack_needs_a_syn_through_the_service() {
+    datapath_or_skip!("a_syn_ack_needs_a_syn_through_the_service");
+    let mut dp = one_backend().unwrap();
+    // A flow picked up mid-stream (its first packet an ACK) that then went quiet: a
+    // SYN-ACK that no SYN through the service asked for answers some other connection.
+    let ack = PacketSpec::tcp(sock(CLIENT, 40025), sock(VIP.octets(), 80), ACK);
+    dp.run(Program::FromPod, &ack.build()).unwrap();
+    assert_eq!(
+        dp.ct_get(&forward_key(&ack)).unwrap().state(TCP),
+        CtState::Established
+    );
+    assert_untranslated(&mut dp, Program::ToPod, &from_backend(40025, SYN | ACK));
+
+    // Once the client opens a connection on such a picked-up tuple, it is answered.
+    let ack = PacketSpec::tcp(sock(CLIENT, 40026), sock(VIP.octets(), 80), ACK);
+    dp.run(Program::FromPod, &ack.build()).unwrap();
+    let syn = PacketSpec {
+        tcp_flags: SYN,
+        ..ack.clone()
+    };
+    dp.run(Program::FromPod, &syn.build()).unwrap();
+    assert_eq!(
+        dp.ct_get(&forward_key(&ack)).unwrap().state(TCP),
+        CtState::SynSent
+    );
+    assert_from_service(&mut dp, Program::ToPod, &from_backend(40026, SYN | ACK));
+    assert_eq!(
+        dp.ct_get(&forward_key(&ack)).unwrap().state(TCP),
+        CtState::Established
+    );
+}
+
+#[test]
+fn a_live_flows_replies_translate_whatever_their_gaps() {
+    datapath_or_skip!("a_live_flows_replies_translate_whatever_their_gaps");
+    require_uptime_past_timeouts();
+    let mut dp = one_backend().unwrap();
+
+    // A retransmitted SYN-ACK (the client's ACK was lost) still belongs to the flow.
+    open_through_service(&mut dp, 40027);
+    assert_from_service(&mut dp, Program::ToPod, &from_backend(40027, SYN | ACK));
+
+    // The backend was silent for long (the client kept the flow alive): its reply entry's
+    // stamp is stale, the forward entry is fresh.
+    let syn = open_through_service(&mut dp, 40028);
+    age(&mut dp, &reply_key(40028), 0);
+    for program in [Program::ToPod, Program::FromPod] {
+        assert_from_service(&mut dp, program, &from_backend(40028, ACK).payload(b"late"));
+    }
+    assert!(dp.ct_get(&reply_key(40028)).unwrap().last_seen_ns > 0);
+    assert_eq!(
+        dp.ct_get(&forward_key(&syn)).unwrap().state(TCP),
+        CtState::Established
+    );
+
+    // UDP: replies silent for longer than the UDP timeout, the client's side alive.
+    let req = PacketSpec::udp(sock(CLIENT, 53010), sock(VIP.octets(), 80)).payload(b"q");
+    dp.run(Program::FromPod, &req.build()).unwrap();
+    let udp_reply_key = CtKey {
+        proto: UDP,
+        ..reply_key(53010)
+    };
+    age(&mut dp, &udp_reply_key, 0);
+    let resp = PacketSpec::udp(sock(BACKEND_A.octets(), 8080), req.src).payload(b"a");
+    let run = dp.run(Program::ToPod, &resp.build()).unwrap();
+    let out = check(&run.data);
+    assert_eq!(out.src, sock(VIP.octets(), 80));
+    assert_eq!(out.dst, req.src);
+    assert_only_changed(
+        &resp.build(),
+        &run.data,
+        &[IP_CSUM, IP_SRC, L4_SPORT, UDP_CSUM],
+    );
+}
+
+#[test]
+fn a_reopened_tuple_is_answered_through_its_new_flow() {
+    datapath_or_skip!("a_reopened_tuple_is_answered_through_its_new_flow");
+    let mut dp = one_backend().unwrap();
+    let syn = open_through_service(&mut dp, 40029);
+    dp.run(Program::FromPod, &from_client(&syn, RST)).unwrap();
+    // The same client port opens the service again: a new flow, and its SYN-ACK is the
+    // service's.
+    dp.run(Program::FromPod, &syn.build()).unwrap();
+    assert_from_service(&mut dp, Program::ToPod, &from_backend(40029, SYN | ACK));
+    assert_eq!(dp.counter(Reason::NewFlow), 2);
+}

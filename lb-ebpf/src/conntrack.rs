@@ -2,9 +2,9 @@
 //! flags into the flow's state (the state machine itself is in lb_common::conntrack).
 
 use lb_common::{
-    conntrack::{ct_flags, dir, is_reopen, seen, seen_bits, snat_ports, tcp_flags},
+    conntrack::{awaits_syn_ack, ct_flags, dir, is_reopen, is_syn_ack, seen_bits, snat_ports},
     hash::flow_hash,
-    proto, Backend, BackendId, Config, CtEntry, CtKey, Frontend, Reason,
+    Backend, BackendId, Config, CtEntry, CtKey, Frontend, Reason,
 };
 
 use crate::{maps::LB_CT, nat::Tuple, parse::Packet};
@@ -19,7 +19,8 @@ pub struct Hit {
 }
 
 /// The forward entry of a live flow, with this packet folded in. `None` if there is none,
-/// it has expired, or the packet opens a new connection on a finished flow's tuple.
+/// it has expired, or the packet opens a new connection on a finished flow's tuple. A SYN
+/// on a live entry (one picked up mid-stream) marks it opened, so its SYN-ACK translates.
 #[inline(always)]
 pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
     let entry = LB_CT.get_ptr_mut(key)?;
@@ -48,23 +49,43 @@ pub fn forward_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
     }
 }
 
-/// The addresses a reply must carry, if it belongs to a tracked flow: the service as its
-/// source, and for a masqueraded flow the client as its destination. The flow's forward
+/// The addresses a reply must carry, if it belongs to a live tracked flow: the service as
+/// its source, and for a masqueraded flow the client as its destination. The flow's forward
 /// entry learns what the reply showed (SYN-ACK, FIN, RST).
+///
+/// A reply entry outlives its flow (until LRU eviction), and a later connection can carry
+/// its tuple: the same client reaching the backend directly from a reused source port. Its
+/// SYN-ACK must not be rewritten to come from the service (the client would refuse it), so
+/// the forward entry, which both directions keep stamped, decides whether the flow lives.
+/// It is looked up when the reply entry has news to pass on anyway or is a second stale,
+/// and for every SYN-ACK (which must answer a SYN the client sent through the service on a
+/// flow neither side has finished); a steady stream of replies needs no extra lookup.
 #[inline(always)]
 pub fn reply_hit(key: &CtKey, pkt: &Packet, now: u64) -> Option<Hit> {
     let entry = LB_CT.get_ptr_mut(key)?;
     let bits = seen_bits(pkt.tcp_flags, dir::REPLY);
     // SAFETY: as in forward_hit; the entry is copied out at once.
     let reply = unsafe { *entry };
+    let opening = is_syn_ack(pkt.proto, pkt.tcp_flags);
     // The reply entry remembers what it last passed on to the forward entry (its `seen`
     // and `last_seen_ns`), so that a steady stream of replies looks the forward entry up
     // only when there is news: a new flag, or a stamp gone stale.
-    if bits & !reply.seen != 0 || now.saturating_sub(reply.last_seen_ns) >= TOUCH_NS {
+    if opening || bits & !reply.seen != 0 || now.saturating_sub(reply.last_seen_ns) >= TOUCH_NS {
         let forward_key = key.forward_of_reply(&reply);
-        if let Some(forward) = LB_CT.get_ptr_mut(&forward_key) {
-            touch(forward, bits, now);
-        }
+        let forward = LB_CT.get_ptr_mut(&forward_key);
+        // SAFETY: as in forward_hit.
+        let alive = forward.is_some_and(|f| unsafe {
+            !(*f).is_expired(pkt.proto, now) && (!opening || awaits_syn_ack((*f).seen))
+        });
+        let Some(forward) = forward.filter(|_| alive) else {
+            // The flow is over, so the tuple is not its any more: the packet passes as
+            // an unknown flow's would, and the entry goes so that the rest of the other
+            // connection is left alone as well (a closed flow's forward entry, still
+            // inside its close timeout, would otherwise vouch for the next packets).
+            let _ = LB_CT.remove(key);
+            return None;
+        };
+        touch(forward, bits, now);
         // SAFETY: as in forward_hit.
         unsafe {
             (*entry).seen = reply.seen | bits;
@@ -125,16 +146,14 @@ pub struct NewFlow {
 /// node, restoring the service and the client). Returns the tuple the packet must carry.
 #[inline(always)]
 pub fn create(key: &CtKey, pkt: &Packet, flow: &NewFlow, now: u64) -> Result<Tuple, Reason> {
-    let opened_by_syn = pkt.proto == proto::TCP
-        && pkt.tcp_flags & tcp_flags::SYN != 0
-        && pkt.tcp_flags & tcp_flags::ACK == 0;
     let backend = &flow.backend;
     let mut forward = CtEntry {
         created_ns: now,
         last_seen_ns: now,
         nat_addr: backend.addr,
         nat_port: backend.port,
-        seen: seen_bits(pkt.tcp_flags, dir::FORWARD) | if opened_by_syn { seen::SYN } else { 0 },
+        // A bare SYN marks the flow as opened (seen::SYN); any other packet picks it up.
+        seen: seen_bits(pkt.tcp_flags, dir::FORWARD),
         flags: flow.flags,
         service_id: flow.fe.service_id,
         backend_id: flow.backend_id,
