@@ -472,15 +472,6 @@ fn baseline(r: &Results, metric: &str, size: (usize, usize)) -> String {
     s
 }
 
-/// The largest size `metric` was measured at.
-fn largest(r: &Results, metric: &str) -> Option<(usize, usize)> {
-    r.figures
-        .iter()
-        .filter(|f| f.metric == metric)
-        .map(|f| (f.services, f.endpoints))
-        .max()
-}
-
 /// The largest size at which every one of `subjects` has a `metric` figure.
 fn largest_with(r: &Results, metric: &str, subjects: &[&str]) -> Option<(usize, usize)> {
     r.figures
