@@ -86,7 +86,7 @@ pub struct Settings {
 }
 
 /// What `--baseline-max-chains` defaults to: 10 000 services × 2 endpoints. On this kind of
-/// machine `iptables-restore` (nf_tables backend) took 278 s and `nft -f` 79 s to load that
+/// machine `iptables-restore` (nf_tables backend) took 157–278 s and `nft -f` 77–79 s to load that
 /// from empty, and a ruleset three times larger did not finish in 5 minutes.
 pub const BASELINE_MAX_CHAINS: usize = 33_000;
 
