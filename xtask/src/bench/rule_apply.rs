@@ -86,7 +86,7 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
                 size.0,
                 size.1
             ));
-            let budget = Budget::new(settings.quick);
+            let budget = Budget::new(settings.quick, 1);
             // Loads from empty, each after clearing the last; the last one stays for the
             // changes.
             let mut full = Vec::new();
@@ -107,47 +107,47 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
                 size.0,
                 size.1
             ));
-            let changes = endpoint_changes(&ns.0, mode, &services, &cfg, changes(settings))?;
+            let took = endpoint_changes(&ns.0, mode, &services, &cfg, changes(settings))?;
             clear(&ns.0, mode)?;
-            if changes.len() < self::changes(settings) {
+            if took.len() < changes(settings) {
                 results.note(format!(
                     "programming: {} {}x{}: {} endpoint changes in the time budget",
                     mode.name(),
                     size.0,
                     size.1,
-                    changes.len()
+                    took.len()
                 ));
             }
             push_some(
                 results,
-                Figure::durations("endpoint_change", mode.name(), size, "ms", &changes),
+                Figure::durations("endpoint_change", mode.name(), size, "ms", &took),
             );
         }
     }
     Ok(())
 }
 
-/// How long the repeats of one measurement may take: at least [`Budget::MIN`] samples, and
-/// more (up to the number asked for) only while the budget lasts. At 10k services one load
-/// takes minutes.
+/// How long the repeats of one measurement may take: at least `min` samples, and more (up
+/// to the number asked for) only while the budget lasts. At 10k services one load takes
+/// minutes.
 struct Budget {
     started: Instant,
     limit: Duration,
+    min: usize,
 }
 
 impl Budget {
-    const MIN: usize = 1;
-
-    fn new(quick: bool) -> Budget {
+    fn new(quick: bool, min: usize) -> Budget {
         Budget {
             started: Instant::now(),
             limit: Duration::from_secs(if quick { 20 } else { 60 }),
+            min,
         }
     }
 
     /// Whether to take another sample after `taken` of `wanted`.
     fn more(&self, taken: usize, wanted: usize) -> bool {
-        taken < wanted && (taken < Self::MIN || self.started.elapsed() < self.limit)
+        taken < wanted && (taken < self.min || self.started.elapsed() < self.limit)
     }
 }
 
@@ -183,11 +183,11 @@ fn endpoint_changes(
     cfg: &ProxyConfig,
     count: usize,
 ) -> Result<Vec<Duration>> {
-    let budget = Budget::new(false);
+    let budget = Budget::new(false, 5);
     let mut current = services.to_vec();
     let mut took = Vec::with_capacity(count);
     for i in 0..count {
-        if i >= 5 && !budget.more(i, count) {
+        if !budget.more(i, count) {
             break;
         }
         let next = endpoint_change(&current, i);
