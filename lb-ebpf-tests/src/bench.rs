@@ -28,12 +28,12 @@ pub fn load(floor_keys: usize) -> Result<Datapath> {
         .program_mut(Program::FloorTc.name())
         .context("lb_floor_tc not in the object (rebuild it with `cargo xtask build`)")?
         .try_into()?;
-    tc.load().context("verifier rejected lb_floor_tc")?;
+    crate::verifier::load(|| tc.load()).context("verifier rejected lb_floor_tc")?;
     let xdp: &mut Xdp = ebpf
         .program_mut(Program::FloorXdp.name())
         .context("lb_floor_xdp not in the object")?
         .try_into()?;
-    xdp.load().context("verifier rejected lb_floor_xdp")?;
+    crate::verifier::load(|| xdp.load()).context("verifier rejected lb_floor_xdp")?;
     Ok(dp)
 }
 

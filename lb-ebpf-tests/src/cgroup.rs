@@ -225,7 +225,7 @@ pub fn attach_sock_programs(dp: &mut Datapath, cgroup: &Cgroup) -> Result<()> {
             .program_mut(name)
             .with_context(|| format!("program {name} not in object"))?
             .try_into()?;
-        prog.load()
+        crate::verifier::load(|| prog.load())
             .with_context(|| format!("verifier rejected {name}"))?;
         prog.attach(cgroup.open()?, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup.path().display()))?;

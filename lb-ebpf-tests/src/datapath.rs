@@ -95,14 +95,14 @@ impl Datapath {
                 .program_mut(program.name())
                 .with_context(|| format!("program {} not in object", program.name()))?
                 .try_into()?;
-            prog.load()
+            crate::verifier::load(|| prog.load())
                 .with_context(|| format!("verifier rejected {}", program.name()))?;
         }
         let xdp: &mut Xdp = ebpf
             .program_mut(Program::Xdp.name())
             .context("program lb_xdp not in object")?
             .try_into()?;
-        xdp.load().context("verifier rejected lb_xdp")?;
+        crate::verifier::load(|| xdp.load()).context("verifier rejected lb_xdp")?;
         Ok(Self {
             ebpf,
             _pin_dir: pin_dir,

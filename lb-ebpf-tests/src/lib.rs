@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod packet;
 pub mod privilege;
 pub mod testnet;
+pub mod verifier;
 
 pub use datapath::{Datapath, Program, Run};
 pub use packet::{Checked, PacketSpec};
