@@ -1,11 +1,12 @@
 //! The datapath-wide settings in LB_CONFIG besides the hash seed: this node's address (the
-//! source of masqueraded flows), the cluster CIDR (who is "inside"), and the source ports
-//! masquerading may use. They come from the command line and the Node, and are written
-//! whenever they change; the hash seed already in the map is always kept.
+//! source of masqueraded flows), the cluster CIDR (who is "inside"), the source ports
+//! masquerading may use and the conntrack timeouts. They come from the command line and the
+//! Node, and are written whenever they change; the hash seed already in the map is always
+//! kept.
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use lb_common::{conntrack::snat_ports, Config};
+use lb_common::{conntrack::snat_ports, Config, CtTimeouts};
 
 use crate::node::{CidrError, Ipv4Cidr, ThisNode};
 
@@ -60,6 +61,64 @@ impl fmt::Display for SnatPortRange {
     }
 }
 
+impl SnatPortRange {
+    /// Whether the two inclusive ranges share a port.
+    pub fn overlaps(&self, other: &SnatPortRange) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
+/// Why a source port range cannot be used on this node.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnatRangeError {
+    #[error("--snat-port-range {snat} overlaps this node's ephemeral ports (net.ipv4.ip_local_port_range {local}): a masqueraded flow could take the tuple of one of the node's own connections, whose replies the datapath would then steal. Pick a range outside it (the default 61000-65535 is above Linux's default 32768-60999), or shrink ip_local_port_range")]
+    Ephemeral {
+        snat: SnatPortRange,
+        local: SnatPortRange,
+    },
+    #[error("--snat-port-range {snat} overlaps the NodePort range {node_ports} (--node-port-range): a backend's connection to a NodePort could be taken for a reply. Pick a range outside it")]
+    NodePorts {
+        snat: SnatPortRange,
+        node_ports: SnatPortRange,
+    },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+}
+
+/// Where Linux keeps the ephemeral port range of the calling thread's network namespace.
+pub const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// Checks that masquerade ports cannot collide with the node's own connections (its
+/// ephemeral range, `local`) or with NodePorts: the datapath cannot see those flows, so a
+/// shared port would let it take their replies. Refused at start, before any change.
+pub fn check_snat_range(
+    snat: SnatPortRange,
+    local: SnatPortRange,
+    node_ports: SnatPortRange,
+) -> Result<(), SnatRangeError> {
+    if snat.overlaps(&local) {
+        return Err(SnatRangeError::Ephemeral { snat, local });
+    }
+    if snat.overlaps(&node_ports) {
+        return Err(SnatRangeError::NodePorts { snat, node_ports });
+    }
+    Ok(())
+}
+
+/// This network namespace's ephemeral port range, from `path` (two numbers).
+pub fn read_local_port_range(path: &str) -> Result<SnatPortRange, SnatRangeError> {
+    let fail = |reason: String| SnatRangeError::Read {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    match (ports.next(), ports.next()) {
+        (Some(Ok(min)), Some(Ok(max))) if min <= max => Ok(SnatPortRange { min, max }),
+        _ => Err(fail(format!("{:?} is not two port numbers", text.trim()))),
+    }
+}
+
 /// `--cluster-cidr` as kube-proxy takes it: empty (unknown), or a comma-separated list with
 /// at most one IPv4 CIDR (IPv6 ones, for a dual-stack cluster, are passed over).
 pub fn parse_cluster_cidr(s: &str) -> Result<Option<Ipv4Cidr>, String> {
@@ -83,6 +142,8 @@ pub struct DatapathSettings {
     /// `None`: unknown, so no ClusterIP client counts as outside the cluster.
     pub cluster_cidr: Option<Ipv4Cidr>,
     pub snat_ports: SnatPortRange,
+    /// Conntrack timeouts (zero fields: the datapath's defaults).
+    pub ct_timeouts: CtTimeouts,
 }
 
 impl DatapathSettings {
@@ -101,6 +162,7 @@ impl DatapathSettings {
             node_addr: self.node_addr.map_or(0, lb_common::addr_be),
             snat_port_min: self.snat_ports.min,
             snat_port_max: self.snat_ports.max,
+            ct_timeouts: self.ct_timeouts,
             ..Config::default()
         };
         match self.cluster_cidr {
@@ -158,6 +220,10 @@ mod tests {
                 min: 62_000,
                 max: 63_000,
             },
+            ct_timeouts: CtTimeouts {
+                udp_s: 5,
+                ..Default::default()
+            },
         };
         let c = settings.apply(Config {
             hash_seed: 7,
@@ -176,9 +242,51 @@ mod tests {
             (Ipv4Addr::new(10, 244, 0, 0), [255, 255, 0, 0])
         );
         assert_eq!((c.snat_port_min, c.snat_port_max), (62_000, 63_000));
+        assert_eq!(c.ct_timeouts.udp_s, 5);
         let unknown = DatapathSettings::default().apply(Config::default());
         assert_eq!((unknown.node_addr, unknown.cluster_cidr_mask), (0, 0));
         assert_eq!(unknown.snat_port_min, snat_ports::MIN);
+    }
+
+    #[test]
+    fn a_snat_range_must_stay_clear_of_ephemeral_ports_and_node_ports() {
+        let r = |s: &str| s.parse::<SnatPortRange>().expect("range");
+        let node_ports = r("30000-32767");
+        assert_eq!(
+            check_snat_range(r("61000-65535"), r("32768-60999"), node_ports),
+            Ok(())
+        );
+        let e = check_snat_range(r("60000-65535"), r("32768-60999"), node_ports)
+            .expect_err("overlaps the ephemeral range");
+        assert!(
+            e.to_string().contains("ip_local_port_range 32768-60999"),
+            "{e}"
+        );
+        let e = check_snat_range(r("32000-33000"), r("40000-60999"), node_ports)
+            .expect_err("overlaps the node ports");
+        assert!(e.to_string().contains("--node-port-range"), "{e}");
+        // Ranges that only touch at their ends overlap: both ends are inclusive.
+        assert!(r("2000-3000").overlaps(&r("3000-4000")));
+        assert!(!r("2000-2999").overlaps(&r("3000-4000")));
+    }
+
+    #[test]
+    fn the_local_port_range_is_read_as_two_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("range");
+        std::fs::write(&path, "32768\t60999\n").expect("write");
+        let path = path.to_str().expect("utf-8");
+        assert_eq!(
+            read_local_port_range(path),
+            Ok(SnatPortRange {
+                min: 32_768,
+                max: 60_999
+            })
+        );
+        std::fs::write(path, "nonsense").expect("write");
+        assert!(read_local_port_range(path).is_err());
+        // This machine's own file reads too.
+        read_local_port_range(LOCAL_PORT_RANGE).expect("this namespace's range");
     }
 
     #[test]

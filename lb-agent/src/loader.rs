@@ -13,8 +13,8 @@ use aya::{
 };
 use lb_common::{
     maps as names, AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats,
-    Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName, SockRevEntry, SockRevKey,
-    SourceRange,
+    Config, CtEntry, CtKey, FragKey, FragPorts, Frontend, FrontendKey, ServiceName, SockRevEntry,
+    SockRevKey, SourceRange,
 };
 
 use crate::bpffs::{self, BpffsError};
@@ -25,6 +25,9 @@ pub const FROM_POD: &str = "lb_from_pod";
 pub const TO_POD: &str = "lb_to_pod";
 /// tcx ingress on the node's uplink: what reaches the node from outside.
 pub const FROM_NET: &str = "lb_from_net";
+/// tcx egress on the node's uplink: replies the node's own stack sends for backends that are
+/// the node itself.
+pub const TO_NET: &str = "lb_to_net";
 /// XDP on the node's uplink: the fast path in front of [`FROM_NET`].
 pub const XDP: &str = "lb_xdp";
 /// cgroup sock_addr programs (socket-level LB): connect4, UDP sendmsg4 and recvmsg4,
@@ -111,8 +114,15 @@ pub enum Object {
 }
 
 /// Loads the object with its maps pinned under `pin_dir` (created on bpffs if needed) and
-/// both programs loaded, ready to attach.
-pub fn load(object: &Object, pin_dir: &Path, log_level: BpfLogLevel) -> Result<Ebpf, LoadError> {
+/// both programs loaded, ready to attach. Maps created now get the sizes in `sizes` (name,
+/// max entries); a map already pinned keeps its own size (resizing it would lose its
+/// state), with a warning when it differs.
+pub fn load(
+    object: &Object,
+    pin_dir: &Path,
+    log_level: BpfLogLevel,
+    sizes: &[(&'static str, u32)],
+) -> Result<Ebpf, LoadError> {
     let file;
     let bytes = match object {
         Object::File(path) => {
@@ -126,12 +136,17 @@ pub fn load(object: &Object, pin_dir: &Path, log_level: BpfLogLevel) -> Result<E
     };
     bpffs::prepare_pin_dir(pin_dir)?;
     check_pinned_layouts(pin_dir)?;
+    warn_pinned_sizes(pin_dir, sizes);
     let level = log_level.as_global();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .default_map_pin_directory(pin_dir)
         // Not required to exist: an object without any log statement has no such global.
-        .override_global(aya_log::LEVEL, &level, false)
-        .load(bytes)?;
+        .override_global(aya_log::LEVEL, &level, false);
+    for (name, max) in sizes {
+        loader.map_max_entries(name, *max);
+    }
+    let mut ebpf = loader.load(bytes)?;
     for name in [FROM_POD, TO_POD] {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -146,7 +161,7 @@ pub fn load(object: &Object, pin_dir: &Path, log_level: BpfLogLevel) -> Result<E
 }
 
 /// The type and key/value sizes each pinned map must have.
-fn expected_layouts() -> [(&'static str, MapType, usize, usize); 11] {
+fn expected_layouts() -> [(&'static str, MapType, usize, usize); 13] {
     [
         (
             names::FRONTENDS,
@@ -167,10 +182,22 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 11] {
             size_of::<Backend>(),
         ),
         (
-            names::CONNTRACK,
-            MapType::LruHash,
+            names::CONNTRACK_TCP,
+            MapType::Hash,
             size_of::<CtKey>(),
             size_of::<CtEntry>(),
+        ),
+        (
+            names::CONNTRACK_ANY,
+            MapType::Hash,
+            size_of::<CtKey>(),
+            size_of::<CtEntry>(),
+        ),
+        (
+            names::FRAGMENTS,
+            MapType::LruHash,
+            size_of::<FragKey>(),
+            size_of::<FragPorts>(),
         ),
         (
             names::COUNTERS,
@@ -220,6 +247,25 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 11] {
 /// aya reuses a pinned map by name without comparing it to the object's definition, so a
 /// map left by an older, incompatible build would be handed to the new programs. Refuse
 /// instead, and say which file to remove.
+/// Says so when a pinned map is kept at another size than the one asked for.
+fn warn_pinned_sizes(pin_dir: &Path, sizes: &[(&'static str, u32)]) {
+    for (name, want) in sizes {
+        let path = pin_dir.join(name);
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        if info.max_entries() != *want {
+            tracing::warn!(
+                map = name,
+                pinned = info.max_entries(),
+                asked = want,
+                "keeping the pinned map at its size (its state would be lost); remove {} and restart to resize it",
+                path.display()
+            );
+        }
+    }
+}
+
 fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
     for (name, map_type, key, value) in expected_layouts() {
         let path = pin_dir.join(name);
@@ -268,6 +314,7 @@ mod tests {
             &Object::File("/nonexistent/lb-ebpf".into()),
             Path::new("/nonexistent/pins"),
             BpfLogLevel::Off,
+            &[],
         )
         .expect_err("must fail");
         assert!(err.to_string().contains("/nonexistent/lb-ebpf"), "{err}");
@@ -286,7 +333,8 @@ mod tests {
             return;
         }
         let pins = PinDir::new("loader-reuse");
-        let mut ebpf = load(&Object::Embedded, pins.path(), BpfLogLevel::Info).expect("first load");
+        let mut ebpf =
+            load(&Object::Embedded, pins.path(), BpfLogLevel::Info, &[]).expect("first load");
         for name in names::ALL {
             assert!(pins.path().join(name).exists(), "{name} is not pinned");
         }
@@ -302,7 +350,7 @@ mod tests {
         drop(ebpf);
 
         let mut again =
-            load(&Object::Embedded, pins.path(), BpfLogLevel::Off).expect("second load");
+            load(&Object::Embedded, pins.path(), BpfLogLevel::Off, &[]).expect("second load");
         let frontends = AyaMaps::from_ebpf(&mut again)
             .expect("maps")
             .frontends()
@@ -317,13 +365,14 @@ mod tests {
         }
         let good = PinDir::new("loader-good");
         let bad = PinDir::new("loader-bad");
-        drop(load(&Object::Embedded, good.path(), BpfLogLevel::Off).expect("load"));
+        drop(load(&Object::Embedded, good.path(), BpfLogLevel::Off, &[]).expect("load"));
         // A hash map where an array of Config belongs.
         MapData::from_pin(good.path().join(names::BACKENDS))
             .expect("open")
             .pin(bad.path().join(names::CONFIG))
             .expect("pin");
-        let err = load(&Object::Embedded, bad.path(), BpfLogLevel::Off).expect_err("must refuse");
+        let err =
+            load(&Object::Embedded, bad.path(), BpfLogLevel::Off, &[]).expect_err("must refuse");
         assert!(
             matches!(&err, LoadError::IncompatiblePin { path, .. } if path.ends_with(names::CONFIG)),
             "{err}"

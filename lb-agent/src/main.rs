@@ -20,7 +20,10 @@ use lb_agent::{
         Attacher, ScanReport,
     },
     bpf_log,
-    datapath_config::{parse_cluster_cidr, DatapathSettings, SnatPortRange},
+    datapath_config::{
+        check_snat_range, parse_cluster_cidr, read_local_port_range, DatapathSettings,
+        SnatPortRange, LOCAL_PORT_RANGE,
+    },
     error_chain::error_chain,
     health::Health,
     health_check_ports,
@@ -31,6 +34,7 @@ use lb_agent::{
     pipeline::{self, Pipeline, PipelineConfig, RunOptions},
     privilege,
     server::{self, Routes},
+    sizing::{self, ConntrackSizes},
     source::{self, SourceSpec, EVENT_QUEUE},
     sync::Syncer,
 };
@@ -125,6 +129,67 @@ struct Args {
     /// in /proc/mounts.
     #[arg(long)]
     cgroup_path: Option<PathBuf>,
+    /// The cluster's NodePort range (the API server's --service-node-port-range):
+    /// masquerade ports must stay out of it.
+    #[arg(long, default_value = "30000-32767")]
+    node_port_range: SnatPortRange,
+    /// Entries of the TCP conntrack table (two per flow); 0: sized from the node's memory
+    /// (see --conntrack-memory-ratio). A table already pinned keeps its size.
+    #[arg(long, default_value_t = 0)]
+    conntrack_tcp_max: u32,
+    /// Entries of the conntrack table of every other protocol; 0: from memory.
+    #[arg(long, default_value_t = 0)]
+    conntrack_any_max: u32,
+    /// The share of the node's memory the conntrack tables take when sized from it.
+    #[arg(long, default_value_t = sizing::DEFAULT_RATIO)]
+    conntrack_memory_ratio: f64,
+    /// How long a TCP flow waits for the backend's SYN-ACK.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    conntrack_tcp_timeout_syn: Duration,
+    /// How long an established TCP flow may be idle (kube-proxy's flag of the same name).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    conntrack_tcp_timeout_established: Duration,
+    /// How long a half-closed TCP flow may be idle (kube-proxy's flag of the same name).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    conntrack_tcp_timeout_close_wait: Duration,
+    /// How long a closed or reset TCP flow is kept for its last segments.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    conntrack_tcp_timeout_close: Duration,
+    /// How long a UDP flow may be idle (kube-proxy's flag of the same name).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    conntrack_udp_timeout: Duration,
+    #[command(flatten)]
+    conntrack_gc: ConntrackGcFlags,
+}
+
+impl Args {
+    /// The conntrack timeouts the flags ask for (each at least a second).
+    fn ct_timeouts(&self) -> lb_common::CtTimeouts {
+        let s = |d: Duration| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX);
+        lb_common::CtTimeouts {
+            syn_sent_s: s(self.conntrack_tcp_timeout_syn),
+            established_s: s(self.conntrack_tcp_timeout_established),
+            half_closed_s: s(self.conntrack_tcp_timeout_close_wait),
+            closing_s: s(self.conntrack_tcp_timeout_close),
+            reset_s: s(self.conntrack_tcp_timeout_close),
+            udp_s: s(self.conntrack_udp_timeout),
+        }
+    }
+
+    /// The conntrack tables' sizes: the flags', else from the node's memory.
+    fn conntrack_sizes(&self) -> Result<ConntrackSizes> {
+        let memory = if self.conntrack_tcp_max != 0 && self.conntrack_any_max != 0 {
+            0
+        } else {
+            sizing::total_memory().context("reading the node's memory to size conntrack")?
+        };
+        Ok(ConntrackSizes::for_node(
+            memory,
+            self.conntrack_memory_ratio,
+            self.conntrack_tcp_max,
+            self.conntrack_any_max,
+        ))
+    }
 }
 
 /// `--cluster-cidr`: `None` when unknown.
@@ -157,6 +222,96 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         )),
     }
 }
+
+// --- Conntrack GC (lb_agent::conntrack_gc) ---
+
+/// The conntrack GC's flags.
+#[derive(Debug, clap::Args)]
+struct ConntrackGcFlags {
+    /// Pause between conntrack GC rounds; 0: adaptive (from 10s, shorter when a round
+    /// deletes much, longer when it deletes little, 1s while a table over half full still
+    /// yields entries to delete).
+    #[arg(long = "conntrack-gc-interval", default_value = "0", value_parser = parse_duration)]
+    interval: Duration,
+    /// The longest adaptive pause between conntrack GC rounds.
+    #[arg(long = "conntrack-gc-max-interval", default_value = "5m", value_parser = parse_duration)]
+    max_interval: Duration,
+}
+
+impl ConntrackGcFlags {
+    fn options(&self) -> lb_agent::conntrack_gc::run::GcOptions {
+        lb_agent::conntrack_gc::run::GcOptions {
+            interval: lb_agent::conntrack_gc::IntervalPolicy::from_flags(
+                self.interval,
+                self.max_interval,
+            ),
+            ..Default::default()
+        }
+    }
+}
+
+/// Starts the conntrack GC on the pinned tables (its own thread and file descriptors); it
+/// stops when the handle is dropped. Without it a full table would refuse new flows for
+/// good, so an agent that cannot run it does not start.
+fn spawn_conntrack_gc(
+    args: &Args,
+    metrics: Arc<Metrics>,
+    counts: Arc<lb_agent::conntrack_gc::EntryCounts>,
+) -> Result<lb_agent::conntrack_gc::run::GcHandle> {
+    let options = args.conntrack_gc.options();
+    let handle = lb_agent::conntrack_gc::run::spawn(&args.pin_dir, options, metrics, counts)
+        .context("starting the conntrack GC")?;
+    match options.interval.fixed {
+        Some(every) => info!(interval = ?every, "conntrack GC started"),
+        None => info!(max_interval = ?options.interval.max, "conntrack GC started (adaptive)"),
+    }
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod conntrack_gc_flags_tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_gc_flags_default_to_adaptive_up_to_five_minutes() {
+        let base = [
+            "lb-agent",
+            "--node-name",
+            "n",
+            "--pin-dir",
+            "/p",
+            "--source",
+            "kube",
+        ];
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())
+        };
+        let d = parse(&[])
+            .expect("defaults")
+            .conntrack_gc
+            .options()
+            .interval;
+        assert_eq!((d.fixed, d.max), (None, Duration::from_secs(300)));
+        let set = parse(&[
+            "--conntrack-gc-interval",
+            "30s",
+            "--conntrack-gc-max-interval",
+            "2m",
+        ])
+        .expect("valid")
+        .conntrack_gc
+        .options()
+        .interval;
+        assert_eq!(
+            (set.fixed, set.max),
+            (Some(Duration::from_secs(30)), Duration::from_secs(120))
+        );
+        let err = parse(&["--conntrack-gc-interval", "10"]).expect_err("no unit");
+        assert!(err.contains("--conntrack-gc-interval"), "{err}");
+    }
+}
+
+// --- end of the conntrack GC ---
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -194,6 +349,9 @@ async fn run(args: &Args) -> Result<()> {
             None
         }
     };
+    let local_ports = read_local_port_range(LOCAL_PORT_RANGE)?;
+    check_snat_range(args.snat_port_range, local_ports, args.node_port_range)?;
+    let sizes = args.conntrack_sizes()?;
     let metrics_listener =
         server::bind(args.metrics_bind_address, "--metrics-bind-address").await?;
     let healthz_listener =
@@ -203,8 +361,13 @@ async fn run(args: &Args) -> Result<()> {
         Some(path) => Object::File(path.clone()),
         None => Object::Embedded,
     };
-    let mut ebpf = loader::load(&object, &args.pin_dir, args.bpf_log)?;
-    info!(pin_dir = %args.pin_dir.display(), "datapath loaded");
+    let mut ebpf = loader::load(&object, &args.pin_dir, args.bpf_log, &sizes.maps())?;
+    info!(
+        pin_dir = %args.pin_dir.display(),
+        conntrack_tcp = sizes.tcp,
+        conntrack_any = sizes.any,
+        "datapath loaded"
+    );
     // Held for the life of the agent: dropping it stops the forwarding.
     let _bpf_log = match args.bpf_log {
         BpfLogLevel::Off => None,
@@ -215,8 +378,13 @@ async fn run(args: &Args) -> Result<()> {
     let maps = AyaMaps::from_ebpf(&mut ebpf)?;
     let stats = PinnedStats::open(&args.pin_dir)
         .inspect_err(|e| warn!("{}; datapath counters are not exported", error_chain(e)))
-        .ok()
-        .map(|s| Box::new(s) as Box<dyn DatapathStats>);
+        .ok();
+    // The conntrack GC counts the tables' entries for these stats.
+    let conntrack_counts = stats
+        .as_ref()
+        .map(PinnedStats::conntrack_counts)
+        .unwrap_or_default();
+    let stats = stats.map(|s| Box::new(s) as Box<dyn DatapathStats>);
     // Pinned, so the programs keep serving while this agent is down, and the next agent
     // (or a new object) takes the links over atomically.
     let links_dir = args.pin_dir.join("links");
@@ -224,6 +392,8 @@ async fn run(args: &Args) -> Result<()> {
     log_scan(attacher.rescan(&mut ebpf)?);
 
     let metrics = Metrics::new(stats);
+    // Conntrack GC: stopped (after its pass under way) when this drops at exit.
+    let _conntrack_gc = spawn_conntrack_gc(args, metrics.clone(), conntrack_counts)?;
     let mut node_side = NodeAttacher::start(
         &mut ebpf,
         &links_dir,
@@ -278,6 +448,7 @@ async fn run(args: &Args) -> Result<()> {
             node_addr: None,
             cluster_cidr: args.cluster_cidr.0,
             snat_ports: args.snat_port_range,
+            ct_timeouts: args.ct_timeouts(),
         },
     };
     let options = RunOptions {

@@ -14,6 +14,14 @@
 //! | `lb_datapath_packets_total` | counter | `reason` ([`lb_common::Reason::name`]), `kind` = translated, passed, dropped |
 //! | `lb_conntrack_insert_failures_total` | counter | — |
 //! | `lb_xdp_mode` | gauge | `mode` = native, generic, off, none: 1 for the mode in use |
+//! | `lb_conntrack_gc_runs_total` | counter | — |
+//! | `lb_conntrack_gc_duration_seconds` | histogram | — |
+//! | `lb_conntrack_gc_cpu_seconds_total` | counter | — |
+//! | `lb_conntrack_gc_deleted_total` | counter | `table`, `reason` = expired, orphan |
+//! | `lb_conntrack_gc_repaired_total` | counter | `table` |
+//! | `lb_conntrack_entries` | gauge | `table`: what the GC's last complete walk left |
+//! | `lb_conntrack_fill_ratio` | gauge | `table`: the same over max_entries |
+//! | `lb_conntrack_gc_interval_seconds` | gauge | — |
 //!
 //! Programming latency is measured like kube-proxy's `network_programming_duration_seconds`:
 //! from the EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time` when it has
@@ -39,7 +47,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{programmed::MapCounts, sync::SyncMode};
+use crate::{
+    conntrack_gc::{DeleteReason, PassReport},
+    programmed::MapCounts,
+    sync::SyncMode,
+};
 
 /// Latency buckets in seconds: the agent programs in milliseconds, kube-proxy in seconds;
 /// both ends must be visible.
@@ -72,8 +84,8 @@ pub struct ResourceLabels {
 pub trait DatapathStats: fmt::Debug + Send + Sync {
     /// Every counter summed over CPUs, indexed by [`Reason`].
     fn counters(&self) -> Result<Vec<u64>, String>;
-    /// Entries in the conntrack map (may be cached; counting walks the map).
-    fn conntrack_entries(&self) -> Option<u64>;
+    /// Entries in each conntrack table, by name (may be cached; counting walks the map).
+    fn conntrack_entries(&self) -> Vec<(&'static str, u64)>;
     /// `(map name, max_entries)` of every map.
     fn max_entries(&self) -> Vec<(&'static str, u64)>;
 }
@@ -93,6 +105,7 @@ pub struct Metrics {
     pub xdp_mode: Family<ModeLabels, Gauge>,
     /// The service maps' fill levels, set after each sync and read at scrape time.
     service_maps: Arc<Mutex<Option<MapCounts>>>,
+    pub conntrack_gc: ConntrackGcMetrics,
 }
 
 impl Metrics {
@@ -118,6 +131,7 @@ impl Metrics {
         }
 
         let mut registry = Registry::with_prefix("lb");
+        let conntrack_gc = ConntrackGcMetrics::register(&mut registry);
         registry.register(
             "network_programming_duration_seconds",
             "Time from a Service or EndpointSlice change to the end of its map writes",
@@ -169,6 +183,7 @@ impl Metrics {
             watch_errors,
             xdp_mode,
             service_maps,
+            conntrack_gc,
         })
     }
 
@@ -211,6 +226,131 @@ impl Metrics {
     }
 }
 
+// --- Conntrack GC (crate::conntrack_gc) ---
+
+/// Pass durations in seconds: a small table takes a millisecond, a pass is cut at its
+/// budget (a second by default).
+const GC_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableReasonLabels {
+    pub table: &'static str,
+    pub reason: &'static str,
+}
+
+/// What the conntrack GC did, pass by pass.
+#[derive(Debug)]
+pub struct ConntrackGcMetrics {
+    pub runs: Counter,
+    pub duration: Histogram,
+    /// The passes' thread CPU time: mostly syscalls, so it is what the GC costs the node.
+    pub cpu: Counter<f64, AtomicU64>,
+    pub deleted: Family<TableReasonLabels, Counter>,
+    pub repaired: Family<TableLabels, Counter>,
+    pub entries: Family<TableLabels, Gauge>,
+    pub fill: Family<TableLabels, Gauge<f64, AtomicU64>>,
+    /// The pause before the next pass.
+    pub interval: Gauge<f64, AtomicU64>,
+}
+
+impl ConntrackGcMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            runs: Counter::default(),
+            duration: Histogram::new(GC_BUCKETS),
+            cpu: Counter::default(),
+            deleted: Family::default(),
+            repaired: Family::default(),
+            entries: Family::default(),
+            fill: Family::default(),
+            interval: Gauge::default(),
+        };
+        // Present from the start (at 0), as the sync counters are.
+        for table in lb_common::maps::CONNTRACK {
+            for reason in DeleteReason::ALL {
+                let _ = m.deleted.get_or_create(&TableReasonLabels {
+                    table,
+                    reason: reason.label(),
+                });
+            }
+            let _ = m.repaired.get_or_create(&TableLabels { table });
+        }
+        registry.register("conntrack_gc_runs", "Conntrack GC passes", m.runs.clone());
+        registry.register(
+            "conntrack_gc_duration_seconds",
+            "Duration of one conntrack GC pass",
+            m.duration.clone(),
+        );
+        registry.register(
+            "conntrack_gc_cpu_seconds",
+            "CPU time the conntrack GC's passes used",
+            m.cpu.clone(),
+        );
+        registry.register(
+            "conntrack_gc_deleted",
+            "Conntrack entries the GC deleted",
+            m.deleted.clone(),
+        );
+        registry.register(
+            "conntrack_gc_repaired",
+            "Reply entries the GC rebuilt for live flows that had lost them",
+            m.repaired.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Entries in each conntrack table, as the GC's last complete walk left them",
+            m.entries.clone(),
+        );
+        registry.register(
+            "conntrack_fill_ratio",
+            "Entries over max_entries of each conntrack table, after the GC's last complete walk",
+            m.fill.clone(),
+        );
+        registry.register(
+            "conntrack_gc_interval_seconds",
+            "The pause before the conntrack GC's next pass",
+            m.interval.clone(),
+        );
+        m
+    }
+
+    /// Records a finished pass.
+    pub fn record(&self, report: &PassReport) {
+        self.runs.inc();
+        self.duration.observe(report.duration.as_secs_f64());
+        self.cpu.inc_by(report.cpu.as_secs_f64());
+        for t in &report.tables {
+            let table = TableLabels { table: t.name };
+            for reason in DeleteReason::ALL {
+                self.deleted
+                    .get_or_create(&TableReasonLabels {
+                        table: t.name,
+                        reason: reason.label(),
+                    })
+                    .inc_by(t.deleted_for(reason));
+            }
+            self.repaired.get_or_create(&table).inc_by(t.repaired);
+            if let (Some(n), Some(fill)) = (t.entries, t.fill()) {
+                self.entries
+                    .get_or_create(&table)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                self.fill.get_or_create(&table).set(fill);
+            }
+        }
+    }
+
+    pub fn set_interval(&self, interval: Duration) {
+        self.interval.set(interval.as_secs_f64());
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -237,9 +377,7 @@ impl Collector for DatapathCollector {
                 &entries,
             );
         };
-        if let Some(n) = datapath.conntrack_entries() {
-            entries.push((lb_common::maps::CONNTRACK, n));
-        }
+        entries.extend(datapath.conntrack_entries());
         encode_gauges(
             &mut encoder,
             "map_entries",
@@ -331,12 +469,12 @@ mod tests {
             Ok(c)
         }
 
-        fn conntrack_entries(&self) -> Option<u64> {
-            Some(12)
+        fn conntrack_entries(&self) -> Vec<(&'static str, u64)> {
+            vec![(lb_common::maps::CONNTRACK_TCP, 12)]
         }
 
         fn max_entries(&self) -> Vec<(&'static str, u64)> {
-            vec![(lb_common::maps::CONNTRACK, 262_144)]
+            vec![(lb_common::maps::CONNTRACK_TCP, 262_144)]
         }
     }
 
@@ -397,9 +535,12 @@ mod tests {
             sample(&text, "lb_map_entries", "map=\"LB_SLOTS\""),
             Some("5")
         );
-        assert_eq!(sample(&text, "lb_map_entries", "map=\"LB_CT\""), Some("12"));
         assert_eq!(
-            sample(&text, "lb_map_max_entries", "map=\"LB_CT\""),
+            sample(&text, "lb_map_entries", "map=\"LB_CT4_TCP\""),
+            Some("12")
+        );
+        assert_eq!(
+            sample(&text, "lb_map_max_entries", "map=\"LB_CT4_TCP\""),
             Some("262144")
         );
         assert_eq!(
@@ -417,6 +558,91 @@ mod tests {
         assert!(
             text.contains("# TYPE lb_datapath_packets counter"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn conntrack_gc_passes_render() {
+        use crate::conntrack_gc::TableReport;
+        let m = Metrics::new(None);
+        let text = m.encode().expect("encode");
+        // At 0 before the first pass.
+        assert_eq!(
+            sample(
+                &text,
+                "lb_conntrack_gc_deleted_total",
+                "table=\"LB_CT4_ANY\",reason=\"orphan\""
+            ),
+            Some("0")
+        );
+        let report = PassReport {
+            tables: vec![
+                TableReport {
+                    name: lb_common::maps::CONNTRACK_TCP,
+                    max_entries: 1000,
+                    seen: 300,
+                    deleted_expired: 40,
+                    deleted_orphan: 2,
+                    repaired: 1,
+                    finished: true,
+                    entries: Some(250),
+                    walk_deleted: 42,
+                },
+                TableReport {
+                    name: lb_common::maps::CONNTRACK_ANY,
+                    max_entries: 100,
+                    ..Default::default()
+                },
+            ],
+            duration: Duration::from_millis(3),
+            cpu: Duration::from_millis(2),
+            round_complete: false,
+        };
+        m.conntrack_gc.record(&report);
+        m.conntrack_gc.record(&report);
+        m.conntrack_gc.set_interval(Duration::from_secs(15));
+        let text = m.encode().expect("encode");
+        assert_eq!(sample(&text, "lb_conntrack_gc_runs_total", ""), Some("2"));
+        assert_eq!(
+            sample(&text, "lb_conntrack_gc_duration_seconds_count", ""),
+            Some("2")
+        );
+        assert_eq!(
+            sample(&text, "lb_conntrack_gc_cpu_seconds_total", ""),
+            Some("0.004")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "lb_conntrack_gc_deleted_total",
+                "table=\"LB_CT4_TCP\",reason=\"expired\""
+            ),
+            Some("80")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "lb_conntrack_gc_repaired_total",
+                "table=\"LB_CT4_TCP\""
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            sample(&text, "lb_conntrack_entries", "table=\"LB_CT4_TCP\""),
+            Some("250")
+        );
+        assert_eq!(
+            sample(&text, "lb_conntrack_fill_ratio", "table=\"LB_CT4_TCP\""),
+            Some("0.25")
+        );
+        // A table no walk has finished yet has no count.
+        assert_eq!(
+            sample(&text, "lb_conntrack_entries", "table=\"LB_CT4_ANY\""),
+            None
+        );
+        assert_eq!(
+            sample(&text, "lb_conntrack_gc_interval_seconds", ""),
+            Some("15.0")
         );
     }
 }

@@ -586,6 +586,7 @@ mod tests {
                 min: 62_000,
                 max: 62_999,
             },
+            ..Default::default()
         };
         syncer.set_settings(settings);
         // An incremental sync with nothing else to do writes the config alone.

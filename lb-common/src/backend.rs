@@ -32,6 +32,11 @@ pub mod flags {
     pub const TERMINATING: u8 = 1 << 0;
     /// The endpoint runs on this node.
     pub const LOCAL: u8 = 1 << 1;
+    /// The endpoint's address is this node's own (a hostNetwork pod, or a process of the
+    /// node): its flows are never masqueraded (the packet would come from and go to the
+    /// node itself), and its replies leave through the node's stack, translated on the
+    /// uplink's egress.
+    pub const HOST: u8 = 1 << 2;
 }
 
 impl Backend {

@@ -1,8 +1,8 @@
 //! Datapath-wide settings, one entry in an array map written by the agent.
 
-use crate::user_pod;
+use crate::{conntrack::CtTimeouts, user_pod};
 
-/// 24 bytes. Addresses and masks in network byte order.
+/// 48 bytes. Addresses and masks in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
@@ -23,6 +23,8 @@ pub struct Config {
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     pub _reserved: u32,
+    /// How long idle flows are tracked, per state (zeroes: the defaults).
+    pub ct_timeouts: CtTimeouts,
 }
 
 impl Config {
@@ -52,8 +54,8 @@ mod tests {
     use core::net::Ipv4Addr;
 
     #[test]
-    fn config_is_twenty_four_bytes() {
-        assert_eq!(core::mem::size_of::<Config>(), 24);
+    fn config_is_forty_eight_bytes() {
+        assert_eq!(core::mem::size_of::<Config>(), 48);
     }
 
     #[test]

@@ -8,8 +8,28 @@ pub const FRONTENDS: &str = "LB_FRONTENDS";
 pub const BACKEND_SLOTS: &str = "LB_SLOTS";
 /// [`crate::BackendId`] -> [`crate::Backend`].
 pub const BACKENDS: &str = "LB_BACKENDS";
-/// [`crate::CtKey`] -> [`crate::CtEntry`], LRU.
-pub const CONNTRACK: &str = "LB_CT";
+/// [`crate::CtKey`] -> [`crate::CtEntry`] of IPv4 TCP flows: a preallocated hash, so a
+/// full table refuses new flows (counted) instead of evicting live ones; the agent collects
+/// expired entries.
+pub const CONNTRACK_TCP: &str = "LB_CT4_TCP";
+/// The same for every other protocol (UDP): a UDP flood fills this table, never the TCP one.
+pub const CONNTRACK_ANY: &str = "LB_CT4_ANY";
+/// Both conntrack tables, TCP first.
+pub const CONNTRACK: [&str; 2] = [CONNTRACK_TCP, CONNTRACK_ANY];
+
+/// The conntrack table that holds flows of protocol `proto`.
+pub const fn conntrack_table(proto: u8) -> &'static str {
+    if proto == crate::proto::TCP {
+        CONNTRACK_TCP
+    } else {
+        CONNTRACK_ANY
+    }
+}
+
+/// [`crate::FragKey`] -> [`crate::FragPorts`], LRU: the ports of fragmented datagrams,
+/// learnt from their first fragment, so the later ones (which carry no ports) are
+/// translated alike.
+pub const FRAGMENTS: &str = "LB_FRAG4";
 /// Per-CPU u64 counters indexed by [`crate::Reason`].
 pub const COUNTERS: &str = "LB_COUNTERS";
 /// One [`crate::Config`].
@@ -28,11 +48,13 @@ pub const SOURCE_RANGES: &str = "LB_SRC_RANGES";
 pub const SOCK_REV: &str = "LB_SOCK_REV";
 
 /// Every map the agent pins, for tools that walk them.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 13] = [
     FRONTENDS,
     BACKEND_SLOTS,
     BACKENDS,
-    CONNTRACK,
+    CONNTRACK_TCP,
+    CONNTRACK_ANY,
+    FRAGMENTS,
     COUNTERS,
     CONFIG,
     BACKEND_STATS,
@@ -45,9 +67,16 @@ pub const ALL: [&str; 11] = [
 pub const FRONTENDS_MAX: u32 = 131_072;
 pub const BACKEND_SLOTS_MAX: u32 = 1_048_576;
 pub const BACKENDS_MAX: u32 = 262_144;
-/// Cilium's default is 512k TCP + 256k other per node; one shared LRU of 256k entries (two
-/// per flow) costs about 30 MiB of kernel memory.
-pub const CONNTRACK_MAX: u32 = 262_144;
+/// The object's conntrack table sizes (two entries per flow). The agent sizes the tables
+/// from the node's memory at load time (`lb_agent::datapath::sizing`); these are what a
+/// bare load of the object gets.
+pub const CONNTRACK_TCP_MAX: u32 = 262_144;
+pub const CONNTRACK_ANY_MAX: u32 = 131_072;
+/// The most entries a conntrack table may have (tools bound their walks by it): Cilium's
+/// cap, 16M.
+pub const CONNTRACK_LIMIT: u32 = 1 << 24;
+/// Fragmented datagrams in flight whose later fragments are awaited (Cilium's default).
+pub const FRAGMENTS_MAX: u32 = 8_192;
 /// One name per service port.
 pub const SERVICE_NAMES_MAX: u32 = FRONTENDS_MAX;
 /// One client per entry per service with ClientIP affinity; LRU, so idle clients make room.

@@ -48,7 +48,7 @@ pub enum Reason {
     DropNoBackendSlot = 6,
     /// A slot pointed at a backend that does not exist.
     DropBackendMissing = 7,
-    /// The conntrack map refused a new entry.
+    /// The conntrack map refused a new entry for another reason than being full.
     DropCtInsert = 8,
     /// The kernel refused to rewrite the packet (store or checksum helper failed).
     DropRewrite = 9,
@@ -60,7 +60,8 @@ pub enum Reason {
     DropNoLocalBackend = 11,
     /// The client is outside the LoadBalancer's loadBalancerSourceRanges.
     DropSourceRange = 12,
-    /// Every masquerade source port tried for this backend was in use.
+    /// Every source port tried for this backend was held by a live flow: more flows to one
+    /// backend are live at once than the source port range holds.
     DropSnatExhausted = 13,
     /// Translated, but the FIB had no route for the result; left to the stack to route.
     PassNoRoute = 14,
@@ -75,11 +76,34 @@ pub enum Reason {
     SockTranslated = 18,
     /// XDP translated the packet and redirected it to another interface.
     XdpRedirect = 19,
+    /// The conntrack table of the flow's protocol is full: the new flow was refused (and
+    /// its packet dropped) rather than evicting a live flow. The agent's GC makes room.
+    DropCtFull = 20,
+    /// A new flow's translated tuple belonged to another live flow, so its source port was
+    /// changed (kept address), as nf_nat does on a clash. Counted besides `new_flow`.
+    PortRemapped = 21,
+    /// A live flow had lost its reply entry; the datapath rebuilt it from the forward one.
+    CtRepaired = 22,
+    /// XDP: the L4 checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL, from
+    /// a sender on this machine), which XDP cannot complete; tc translates the packet.
+    PassCsumPartial = 23,
+    /// A later fragment of a datagram whose first fragment was not seen (reordered, or its
+    /// record evicted): its ports are unknown, so it passes untranslated.
+    PassFragUnknown = 24,
+    /// A translated packet would have been forwarded with its TTL run out: dropped, as a
+    /// router drops it.
+    DropTtlExceeded = 25,
+    /// A translated packet with Don't Fragment set is larger than the egress interface's
+    /// MTU: the client got ICMP fragmentation-needed with that MTU, as from a router.
+    RejectFragNeeded = 26,
+    /// A translated packet without Don't Fragment is larger than the egress MTU: handed to
+    /// the stack, which fragments it, instead of being redirected.
+    PassMtu = 27,
 }
 
 impl Reason {
     /// Number of reasons; counter slots at and above this are unused.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 28;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NewFlow,
@@ -102,6 +126,14 @@ impl Reason {
         Reason::PassToTc,
         Reason::SockTranslated,
         Reason::XdpRedirect,
+        Reason::DropCtFull,
+        Reason::PortRemapped,
+        Reason::CtRepaired,
+        Reason::PassCsumPartial,
+        Reason::PassFragUnknown,
+        Reason::DropTtlExceeded,
+        Reason::RejectFragNeeded,
+        Reason::PassMtu,
     ];
 
     pub fn from_index(i: u32) -> Option<Reason> {
@@ -131,6 +163,14 @@ impl Reason {
             Reason::PassToTc => "pass_to_tc",
             Reason::SockTranslated => "sock_translated",
             Reason::XdpRedirect => "xdp_redirect",
+            Reason::DropCtFull => "drop_ct_full",
+            Reason::PortRemapped => "port_remapped",
+            Reason::CtRepaired => "ct_repaired",
+            Reason::PassCsumPartial => "pass_csum_partial",
+            Reason::PassFragUnknown => "pass_frag_unknown",
+            Reason::DropTtlExceeded => "drop_ttl_exceeded",
+            Reason::RejectFragNeeded => "reject_frag_needed",
+            Reason::PassMtu => "pass_mtu",
         }
     }
 
@@ -142,12 +182,17 @@ impl Reason {
             | Reason::IcmpErrorTranslated
             | Reason::XdpTx
             | Reason::XdpRedirect
-            | Reason::SockTranslated => Kind::Translated,
+            | Reason::SockTranslated
+            | Reason::PortRemapped
+            | Reason::CtRepaired => Kind::Translated,
             Reason::PassMalformed
             | Reason::PassFragment
             | Reason::PassNoRoute
-            | Reason::PassToTc => Kind::Passed,
-            Reason::RejectNoBackend => Kind::Rejected,
+            | Reason::PassToTc
+            | Reason::PassCsumPartial
+            | Reason::PassFragUnknown
+            | Reason::PassMtu => Kind::Passed,
+            Reason::RejectNoBackend | Reason::RejectFragNeeded => Kind::Rejected,
             Reason::DropNoBackend
             | Reason::DropNoBackendSlot
             | Reason::DropBackendMissing
@@ -155,7 +200,9 @@ impl Reason {
             | Reason::DropRewrite
             | Reason::DropNoLocalBackend
             | Reason::DropSourceRange
-            | Reason::DropSnatExhausted => Kind::Dropped,
+            | Reason::DropSnatExhausted
+            | Reason::DropCtFull
+            | Reason::DropTtlExceeded => Kind::Dropped,
         }
     }
 }

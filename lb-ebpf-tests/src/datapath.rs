@@ -23,6 +23,8 @@ pub enum Program {
     ToPod,
     /// tc ingress on the node's uplink: north-south traffic.
     FromNet,
+    /// tc egress on the node's uplink: replies of backends that are the node itself.
+    ToNet,
     /// XDP on the node's uplink.
     Xdp,
     /// The bench's floor: parse and one lookup, tc (loaded by [`crate::bench`] only).
@@ -32,13 +34,19 @@ pub enum Program {
 }
 
 impl Program {
-    pub const TC: [Program; 3] = [Program::FromPod, Program::ToPod, Program::FromNet];
+    pub const TC: [Program; 4] = [
+        Program::FromPod,
+        Program::ToPod,
+        Program::FromNet,
+        Program::ToNet,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Program::FromPod => "lb_from_pod",
             Program::ToPod => "lb_to_pod",
             Program::FromNet => "lb_from_net",
+            Program::ToNet => "lb_to_net",
             Program::Xdp => "lb_xdp",
             Program::FloorTc => "lb_floor_tc",
             Program::FloorXdp => "lb_floor_xdp",
@@ -72,7 +80,10 @@ impl Datapath {
     /// As [`Datapath::load`], with aya-log's `AYA_LOG_LEVEL` set to `level`
     /// (0 off, 1 error .. 5 trace).
     pub fn load_with_log_level(level: u8) -> Result<Self> {
-        Self::load_with(level, &[(maps::CONNTRACK, 4096)])
+        Self::load_with(
+            level,
+            &[(maps::CONNTRACK_TCP, 4096), (maps::CONNTRACK_ANY, 4096)],
+        )
     }
 
     /// As [`Datapath::load_with_log_level`], with these maps resized (name, max entries)
@@ -171,10 +182,25 @@ impl Datapath {
 
     /// Writes a backend under a new id (as the agent does for an address it has not seen).
     pub fn add_backend(&mut self, ip: Ipv4Addr, port: u16, proto: u8) -> BackendId {
+        self.add_backend_with_flags(ip, port, proto, 0)
+    }
+
+    /// As [`Datapath::add_backend`] with `lb_common::backend::flags` set.
+    pub fn add_backend_with_flags(
+        &mut self,
+        ip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        flags: u8,
+    ) -> BackendId {
         let id = self.next_backend;
         self.next_backend += 1;
+        let backend = Backend {
+            flags,
+            ..Backend::new(ip, port, proto)
+        };
         self.hash_map::<BackendId, Backend>(maps::BACKENDS)
-            .insert(id, Backend::new(ip, port, proto), 0)
+            .insert(id, backend, 0)
             .expect("insert backend");
         id
     }
@@ -320,30 +346,48 @@ impl Datapath {
         })
     }
 
+    /// The conntrack table of protocol `proto`.
+    fn ct_table(&mut self, proto: u8) -> HashMap<&mut MapData, CtKey, CtEntry> {
+        self.hash_map(maps::conntrack_table(proto))
+    }
+
     pub fn ct_get(&mut self, key: &CtKey) -> Option<CtEntry> {
-        let map: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
-        map.get(key, 0).ok()
+        self.ct_table(key.proto).get(key, 0).ok()
     }
 
     /// Writes a conntrack entry as it stands (to age a flow: stamps are CLOCK_MONOTONIC).
     pub fn ct_set(&mut self, key: &CtKey, entry: CtEntry) {
-        let mut map: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
-        map.insert(key, entry, 0).expect("insert conntrack entry");
+        self.ct_table(key.proto)
+            .insert(key, entry, 0)
+            .expect("insert conntrack entry");
     }
 
-    /// Removes a conntrack entry, as LRU eviction would.
+    /// Removes a conntrack entry (as a flush or a lost write would).
     pub fn ct_remove(&mut self, key: &CtKey) {
-        let mut map: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
-        map.remove(key).expect("remove conntrack entry");
+        self.ct_table(key.proto)
+            .remove(key)
+            .expect("remove conntrack entry");
     }
 
+    /// Entries in both conntrack tables.
     pub fn ct_len(&mut self) -> usize {
-        let map: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("ct map")).expect("lru");
-        map.keys().count()
+        maps::CONNTRACK
+            .iter()
+            .map(|name| self.hash_map::<CtKey, CtEntry>(name).keys().count())
+            .sum()
+    }
+
+    /// Every entry of both conntrack tables.
+    pub fn ct_entries(&mut self) -> Vec<(CtKey, CtEntry)> {
+        maps::CONNTRACK
+            .iter()
+            .flat_map(|name| {
+                self.hash_map::<CtKey, CtEntry>(name)
+                    .iter()
+                    .filter_map(Result::ok)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Number of records waiting in aya-log's ring buffer.

@@ -25,6 +25,12 @@ pub struct PacketSpec {
     pub udp_no_checksum: bool,
     /// Fragment offset in 8-byte units and the more-fragments bit.
     pub fragment: Option<(u16, bool)>,
+    pub ttl: u8,
+    /// Don't Fragment; by default set unless the packet is a fragment.
+    pub dont_fragment: Option<bool>,
+    /// TCP: a timestamp option with this TSval, laid out as Linux does (`MSS SACK_OK TS
+    /// NOP WSCALE` on a SYN, `NOP NOP TS` otherwise).
+    pub tsval: Option<u32>,
 }
 
 pub fn sock(ip: [u8; 4], port: u16) -> SocketAddrV4 {
@@ -42,7 +48,16 @@ impl PacketSpec {
             ip_options: Vec::new(),
             udp_no_checksum: false,
             fragment: None,
+            ttl: 64,
+            dont_fragment: None,
+            tsval: None,
         }
+    }
+
+    /// With a TCP timestamp option carrying `tsval`.
+    pub fn tsval(mut self, tsval: u32) -> Self {
+        self.tsval = Some(tsval);
+        self
     }
 
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
@@ -79,6 +94,21 @@ impl PacketSpec {
             if tcp.ack {
                 tcp.acknowledgment_number = 5000;
             }
+            if let Some(ts) = self.tsval {
+                use etherparse::TcpOptionElement::*;
+                let options: &[_] = if tcp.syn && !tcp.ack {
+                    &[
+                        MaximumSegmentSize(1460),
+                        SelectiveAcknowledgementPermitted,
+                        Timestamp(ts, 0),
+                        Noop,
+                        WindowScale(7),
+                    ]
+                } else {
+                    &[Noop, Noop, Timestamp(ts, 77)]
+                };
+                tcp.set_options(options).expect("tcp options");
+            }
             tcp.checksum = tcp
                 .calc_checksum_ipv4_raw(
                     self.src.ip().octets(),
@@ -109,7 +139,7 @@ impl PacketSpec {
 
         let mut ip = Ipv4Header::new(
             l4.len() as u16,
-            64,
+            self.ttl,
             IpNumber(self.proto),
             self.src.ip().octets(),
             self.dst.ip().octets(),
@@ -117,7 +147,7 @@ impl PacketSpec {
         .expect("ipv4 header");
         ip.options = Ipv4Options::try_from(self.ip_options.as_slice()).expect("ip options");
         ip.identification = 0x1234;
-        ip.dont_fragment = self.fragment.is_none();
+        ip.dont_fragment = self.dont_fragment.unwrap_or(self.fragment.is_none());
         if let Some((offset, more)) = self.fragment {
             ip.fragment_offset = offset.try_into().expect("fragment offset");
             ip.more_fragments = more;
@@ -197,6 +227,123 @@ pub fn check(bytes: &[u8]) -> Checked {
         }
         other => panic!("unexpected IP protocol {other}"),
     }
+}
+
+/// The packet's TTL.
+pub fn ttl(bytes: &[u8]) -> u8 {
+    bytes[14 + 8]
+}
+
+/// Splits `frame` (Ethernet + IPv4 without options + L4 datagram) into IPv4 fragments whose
+/// payloads are `first` bytes (a multiple of 8) and then the rest, as a router would; each
+/// fragment gets its own valid IP checksum.
+pub fn fragments(frame: &[u8], first: usize) -> Vec<Vec<u8>> {
+    assert_eq!(first % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let (eth, ip_and_more) = frame.split_at(14);
+    let (ip, rest) = Ipv4Header::from_slice(ip_and_more).expect("ipv4 header");
+    let datagram = &rest[..ip.total_len as usize - ip.header_len()];
+    let mut out = Vec::new();
+    for (i, piece) in [&datagram[..first], &datagram[first..]].iter().enumerate() {
+        let mut h = ip.clone();
+        h.dont_fragment = false;
+        h.more_fragments = i == 0;
+        h.fragment_offset = ((i * first / 8) as u16).try_into().expect("offset");
+        h.total_len = (h.header_len() + piece.len()) as u16;
+        h.header_checksum = h.calc_header_checksum();
+        let mut f = eth.to_vec();
+        h.write(&mut f).expect("write ip");
+        f.extend_from_slice(piece);
+        out.push(f);
+    }
+    out
+}
+
+/// Reassembles the fragments [`fragments`] made (after the datapath rewrote them) into one
+/// frame, checking that every fragment carries the same addresses and a valid IP checksum.
+pub fn reassemble(pieces: &[Vec<u8>]) -> Vec<u8> {
+    let mut datagram = Vec::new();
+    let mut header: Option<Ipv4Header> = None;
+    for p in pieces {
+        let (ip, rest) = Ipv4Header::from_slice(&p[14..]).expect("ipv4 header");
+        assert_eq!(
+            ip.header_checksum,
+            ip.calc_header_checksum(),
+            "fragment IP checksum"
+        );
+        if let Some(h) = &header {
+            assert_eq!(
+                (h.source, h.destination),
+                (ip.source, ip.destination),
+                "fragments differ"
+            );
+        }
+        datagram.extend_from_slice(&rest[..ip.total_len as usize - ip.header_len()]);
+        header.get_or_insert(ip);
+    }
+    let mut h = header.expect("at least one fragment");
+    h.more_fragments = false;
+    h.fragment_offset = 0u16.try_into().expect("offset");
+    h.total_len = (h.header_len() + datagram.len()) as u16;
+    h.header_checksum = h.calc_header_checksum();
+    let mut f = pieces[0][..14].to_vec();
+    h.write(&mut f).expect("write ip");
+    f.extend_from_slice(&datagram);
+    f
+}
+
+/// An ICMP message, as [`check_icmp`] found it.
+pub struct Icmp {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub kind: u8,
+    pub code: u8,
+    /// Bytes 4..8 of the ICMP header (the next-hop MTU of a fragmentation-needed).
+    pub rest_of_header: [u8; 4],
+    pub quoted: Vec<u8>,
+}
+
+/// Parses an ICMP message, checking the IP and ICMP checksums.
+pub fn check_icmp(bytes: &[u8]) -> Icmp {
+    let (ip, rest) = Ipv4Header::from_slice(&bytes[14..]).expect("ipv4 header");
+    assert_eq!(ip.protocol.0, proto::ICMP);
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 checksum"
+    );
+    let msg = &rest[..ip.total_len as usize - ip.header_len()];
+    assert_eq!(lb_common::checksum::checksum(msg), 0, "ICMP checksum");
+    Icmp {
+        src: Ipv4Addr::from(ip.source),
+        dst: Ipv4Addr::from(ip.destination),
+        kind: msg[0],
+        code: msg[1],
+        rest_of_header: msg[4..8].try_into().expect("4 bytes"),
+        quoted: msg[8..].to_vec(),
+    }
+}
+
+/// An Ethernet frame with an ICMP destination-unreachable (`code`, next-hop MTU `mtu`) from
+/// `src` to `dst` quoting `quote`.
+pub fn icmp_unreachable(src: Ipv4Addr, dst: Ipv4Addr, code: u8, mtu: u16, quote: &[u8]) -> Vec<u8> {
+    let mut msg = vec![3, code, 0, 0, 0, 0, 0, 0];
+    msg[6..8].copy_from_slice(&mtu.to_be_bytes());
+    msg.extend_from_slice(quote);
+    let sum = lb_common::checksum::checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = Ipv4Header::new(
+        msg.len() as u16,
+        64,
+        IpNumber(proto::ICMP),
+        src.octets(),
+        dst.octets(),
+    )
+    .expect("ipv4 header");
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    ip.write(&mut frame).expect("write ip");
+    frame.extend_from_slice(&msg);
+    frame
 }
 
 /// Asserts that `out` equals `input` except in the byte ranges listed (which the datapath

@@ -9,11 +9,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use lb_common::{
     conntrack::{ct_flags, dir, snat_ports, tcp_flags::*},
     frontend::{flags, scope},
-    proto::{ICMP, TCP, UDP},
+    proto::{TCP, UDP},
     CtKey, FrontendKey, Reason,
 };
 use lb_ebpf_tests::{
-    packet::{check, Checked},
+    packet::{check, check_icmp, icmp_unreachable, Checked},
     privilege::require_bpf,
     testnet::{self, *},
     Datapath, PacketSpec, Program, Run,
@@ -362,51 +362,7 @@ fn icmp_errors_about_a_translated_flow_are_translated_back() {
     assert_eq!(dp.counter(Reason::IcmpErrorTranslated), 1);
 }
 
-struct Icmp {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    kind: u8,
-    code: u8,
-    quoted: Vec<u8>,
-}
-
-/// Parses an ICMP message, checking the IP and ICMP checksums.
-fn check_icmp(bytes: &[u8]) -> Icmp {
-    let (ip, rest) = etherparse::Ipv4Header::from_slice(&bytes[14..]).expect("ipv4 header");
-    assert_eq!(ip.protocol.0, ICMP);
-    assert_eq!(
-        ip.header_checksum,
-        ip.calc_header_checksum(),
-        "IPv4 checksum"
-    );
-    let msg = &rest[..ip.total_len as usize - ip.header_len()];
-    assert_eq!(lb_common::checksum::checksum(msg), 0, "ICMP checksum");
-    Icmp {
-        src: Ipv4Addr::from(ip.source),
-        dst: Ipv4Addr::from(ip.destination),
-        kind: msg[0],
-        code: msg[1],
-        quoted: msg[8..].to_vec(),
-    }
-}
-
 /// An Ethernet frame with an ICMP port-unreachable from `src` to `dst` quoting `quote`.
 fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, quote: &[u8]) -> Vec<u8> {
-    let mut msg = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    msg.extend_from_slice(quote);
-    let sum = lb_common::checksum::checksum(&msg);
-    msg[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut ip = etherparse::Ipv4Header::new(
-        msg.len() as u16,
-        64,
-        etherparse::IpNumber(ICMP),
-        src.octets(),
-        dst.octets(),
-    )
-    .unwrap();
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    ip.write(&mut frame).unwrap();
-    frame.extend_from_slice(&msg);
-    frame
+    icmp_unreachable(src, dst, 3, 0, quote)
 }

@@ -457,21 +457,6 @@ fn backend_counters_add_up_both_directions() {
 }
 
 #[test]
-fn later_fragments_pass_untouched_and_are_counted() {
-    datapath_or_skip!("later_fragments_pass_untouched_and_are_counted");
-    let mut dp = one_backend().unwrap();
-    let mut frag = PacketSpec::udp(sock(CLIENT, 53002), sock(VIP.octets(), 80)).payload(&[7; 16]);
-    frag.fragment = Some((185, false));
-    let input = frag.build();
-
-    let run = dp.run(Program::FromPod, &input).unwrap();
-
-    assert_eq!(run.retval, PASS);
-    assert_eq!(run.data, input);
-    assert_eq!(dp.counter(Reason::PassFragment), 1);
-}
-
-#[test]
 fn truncated_packets_pass_without_harm() {
     datapath_or_skip!("truncated_packets_pass_without_harm");
     let mut dp = one_backend().unwrap();
@@ -562,8 +547,9 @@ fn logging_is_gated_by_the_log_level() {
     }
 }
 
-// Reply entries outlive their flows (until LRU eviction), and another connection can later
-// carry the same tuple. A reply is translated only while its flow's forward entry is alive.
+// Reply entries can outlive their flows (until the GC or a new flow takes their tuple), and
+// another connection can later carry the same tuple. A reply is translated only while its
+// flow's forward entry is alive and still owns it. (Fragments: see nat.rs.)
 
 /// The reply entry of a non-masqueraded flow from `CLIENT:port` served by BACKEND_A:8080.
 fn reply_key(port: u16) -> CtKey {

@@ -3,7 +3,10 @@
 
 use lb_common::{BackendId, Reason};
 
-use crate::maps::{LB_BE_STATS, LB_COUNTERS};
+use crate::{
+    atomic,
+    maps::{LB_BE_STATS, LB_COUNTERS},
+};
 
 #[inline(always)]
 pub fn count(reason: Reason) {
@@ -20,25 +23,8 @@ pub fn count_backend(id: BackendId, bytes: u32) {
     if let Some(stats) = LB_BE_STATS.get_ptr_mut(id) {
         // SAFETY: the pointer is valid for this run and the fields are 8-byte aligned u64s.
         unsafe {
-            atomic_add(&raw mut (*stats).packets, 1);
-            atomic_add(&raw mut (*stats).bytes, bytes as u64);
+            atomic::add(&raw mut (*stats).packets, 1);
+            atomic::add(&raw mut (*stats).bytes, bytes as u64);
         }
     }
-}
-
-/// `lock *(u64 *)(ptr) += val`: the BPF atomic add. Written out because the BPF target has
-/// no compare-and-swap (so `AtomicU64::fetch_add` does not exist) and is declared
-/// single-threaded (so LLVM may lower atomic intrinsics to plain read-modify-write), while
-/// the array is shared by every CPU.
-///
-/// # Safety
-/// `ptr` must point to a live, 8-byte aligned u64 in a map value.
-#[inline(always)]
-unsafe fn atomic_add(ptr: *mut u64, val: u64) {
-    core::arch::asm!(
-        "lock *(u64 *)({ptr} + 0) += {val}",
-        ptr = in(reg) ptr,
-        val = in(reg) val,
-        options(nostack),
-    );
 }

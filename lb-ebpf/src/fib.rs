@@ -16,7 +16,26 @@ const AF_INET: u8 = 2;
 /// What bpf_redirect returns (and a tc program must return) for a successful redirect.
 const TC_ACT_REDIRECT: i32 = 7;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+/// The destination is this host: the stack delivers it.
+const BPF_FIB_LKUP_RET_NOT_FWDED: i64 = 4;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+/// The packet is larger than the route's interface takes.
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
+
+/// What the FIB says about a translated packet's new destination.
+pub enum Fib {
+    /// Forward it out of this interface.
+    Route(Route),
+    /// It is larger than the MTU of the interface it would leave by. Only tc checks: the
+    /// skb lookup compares the packet with the interface (GSO packets by their segments),
+    /// while XDP, which only sends a frame back out of the interface it came in by, asks
+    /// for no check.
+    TooBig { mtu: u32 },
+    /// It is for this node itself: the stack delivers it.
+    Local,
+    /// No route the datapath can use: the stack decides.
+    None,
+}
 
 /// Where the FIB sends a packet: the interface and, if the neighbour is known, the MACs.
 pub struct Route {
@@ -30,7 +49,7 @@ pub struct Route {
 
 /// Looks up the route for `to` as if the packet arrived on `ctx`'s interface.
 #[inline(always)]
-pub fn lookup<F: Frame>(ctx: &F, to: &Tuple, proto: u8) -> Option<Route> {
+pub fn lookup<F: Frame>(ctx: &F, to: &Tuple, proto: u8) -> Fib {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -38,7 +57,7 @@ pub fn lookup<F: Frame>(ctx: &F, to: &Tuple, proto: u8) -> Option<Route> {
     params.sport = to.sport;
     params.dport = to.dport;
     params.ifindex = ctx.ifindex();
-    // tot_len stays 0: no MTU check here; an oversized packet is the stack's business.
+    // tot_len stays 0: the skb lookup then checks the skb itself against the interface.
     params.__bindgen_anon_3.ipv4_src = to.saddr;
     params.__bindgen_anon_4.ipv4_dst = to.daddr;
     // SAFETY: the helper reads and writes only `params`, whose size it is given.
@@ -51,19 +70,24 @@ pub fn lookup<F: Frame>(ctx: &F, to: &Tuple, proto: u8) -> Option<Route> {
         )
     };
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => Some(Route {
+        BPF_FIB_LKUP_RET_SUCCESS => Fib::Route(Route {
             ifindex: params.ifindex,
             resolved: true,
             smac: params.smac,
             dmac: params.dmac,
         }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route {
+        BPF_FIB_LKUP_RET_NO_NEIGH => Fib::Route(Route {
             ifindex: params.ifindex,
             resolved: false,
             smac: [0; 6],
             dmac: [0; 6],
         }),
-        _ => None,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::TooBig {
+            // SAFETY: the helper fills mtu_result with this answer.
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result } as u32,
+        },
+        BPF_FIB_LKUP_RET_NOT_FWDED => Fib::Local,
+        _ => Fib::None,
     }
 }
 
@@ -76,20 +100,16 @@ pub fn set_macs<F: Frame>(ctx: &F, route: &Route) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Sends a translated skb on its way: redirected to the FIB's interface, or left to the
-/// stack when there is no route (counted).
+/// Sends a translated skb out of `route`'s interface; left to the stack if that fails
+/// (counted).
 #[inline(always)]
-pub fn redirect(ctx: &TcContext, to: &Tuple, proto: u8) -> i32 {
-    let Some(route) = lookup(ctx, to, proto) else {
-        count(Reason::PassNoRoute);
-        return TC_ACT_UNSPEC;
-    };
+pub fn redirect(ctx: &TcContext, route: &Route) -> i32 {
     if !route.resolved {
         // SAFETY: no parameters: the helper resolves the neighbour itself.
         return unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     }
     // Headers may have moved with the checksum helpers: write through fresh pointers.
-    if ctx.pull(14) && set_macs(ctx, &route).is_ok() {
+    if ctx.pull(14) && set_macs(ctx, route).is_ok() {
         // SAFETY: plain helper call.
         let rc = unsafe { bpf_redirect(route.ifindex, 0) };
         if rc == TC_ACT_REDIRECT as i64 {

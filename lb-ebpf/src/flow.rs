@@ -6,6 +6,7 @@
 //! can first check that it is able to send the packet itself.
 
 use lb_common::{
+    backend::flags as backend_flags,
     conntrack::{ct_flags, dir, directions},
     frontend::flags,
     BackendId, Config, CtKey, Reason,
@@ -13,7 +14,7 @@ use lb_common::{
 
 use crate::{
     backend,
-    conntrack::{self, NewFlow},
+    conntrack::{self, Forward, NewFlow},
     frontend::{self, Origin},
     maps::LB_CONFIG,
     nat::Tuple,
@@ -56,16 +57,22 @@ pub fn forward_key(pkt: &Packet) -> CtKey {
 #[inline(always)]
 pub fn decide(pkt: &Packet, origin: Origin, now: u64) -> Result<Step, Reason> {
     let key = forward_key(pkt);
+    let t = conntrack::timeouts();
     // Each lookup of a new flow's tuple is a cache miss on the real path: a handshake
     // packet looks up only the direction it can belong to.
     let may = directions(pkt.proto, pkt.tcp_flags);
+    let mut stale = None;
     if may.forward {
-        if let Some(hit) = conntrack::forward_hit(&key, pkt, now) {
-            return Ok(Step::Tracked {
-                to: hit.to,
-                backend_id: hit.backend_id,
-                reason: Reason::EstablishedFlow,
-            });
+        match conntrack::forward(&key, pkt, now, &t) {
+            Forward::Hit(hit) => {
+                return Ok(Step::Tracked {
+                    to: hit.to,
+                    backend_id: hit.backend_id,
+                    reason: Reason::EstablishedFlow,
+                })
+            }
+            Forward::Stale(old) => stale = Some(old),
+            Forward::Miss => {}
         }
     }
     if may.reply {
@@ -73,7 +80,7 @@ pub fn decide(pkt: &Packet, origin: Origin, now: u64) -> Result<Step, Reason> {
             dir: dir::REPLY,
             ..key
         };
-        if let Some(hit) = conntrack::reply_hit(&reply_key, pkt, now) {
+        if let Some(hit) = conntrack::reply(&reply_key, pkt, now, &t) {
             return Ok(Step::Tracked {
                 to: hit.to,
                 backend_id: hit.backend_id,
@@ -112,29 +119,35 @@ pub fn decide(pkt: &Packet, origin: Origin, now: u64) -> Result<Step, Reason> {
     if hairpin {
         ct |= ct_flags::HAIRPIN;
     }
-    let masquerade = hairpin
-        || if fe.flags & flags::EXTERNAL_KINDS != 0 {
-            // externalTrafficPolicy=Cluster masquerades (KUBE-EXT's KUBE-MARK-MASQ) and
-            // Local keeps the client. A pod elsewhere using the Local service's twin
-            // through this node is masqueraded too, so that the backend's reply comes back
-            // here to be translated rather than straight to the pod.
-            if found.internal_twin {
-                origin == Origin::Net
+    // A backend that is this node itself (a hostNetwork pod) answers from the node's own
+    // stack, whose replies are translated on their way out; masquerading to the node's own
+    // address would make the packet a martian.
+    let on_node = backend.flags & backend_flags::HOST != 0;
+    let masquerade = !on_node
+        && (hairpin
+            || if fe.flags & flags::EXTERNAL_KINDS != 0 {
+                // externalTrafficPolicy=Cluster masquerades (KUBE-EXT's KUBE-MARK-MASQ) and
+                // Local keeps the client. A pod elsewhere using the Local service's twin
+                // through this node is masqueraded too, so that the backend's reply comes back
+                // here to be translated rather than straight to the pod.
+                if found.internal_twin {
+                    origin == Origin::Net
+                } else {
+                    fe.flags & flags::EXTERNAL_LOCAL == 0
+                }
             } else {
-                fe.flags & flags::EXTERNAL_LOCAL == 0
-            }
-        } else {
-            // A ClusterIP reached from outside the cluster CIDR (kube-proxy's
-            // `! -s <clusterCIDR> -j KUBE-MARK-MASQ`).
-            origin == Origin::Net && !cfg.in_cluster(pkt.saddr)
-        };
+                // A ClusterIP reached from outside the cluster CIDR (kube-proxy's
+                // `! -s <clusterCIDR> -j KUBE-MARK-MASQ`).
+                origin == Origin::Net && !cfg.in_cluster(pkt.saddr)
+            });
     Ok(Step::New(NewFlow {
         fe,
         backend_id,
         backend,
         snat_addr: if masquerade { cfg.node_addr } else { 0 },
         flags: ct,
-        cfg,
+        snat_ports: (cfg.snat_port_min, cfg.snat_port_max),
+        stale,
     }))
 }
 

@@ -9,10 +9,14 @@ use lb_common::{proto, Reason};
 use crate::{
     clock,
     counters::{count, count_backend},
-    fib,
+    fib::{self, Fib},
     flow::{self, Step},
+    frag,
     frontend::Origin,
-    icmp, nat, parse, reject, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    icmp,
+    nat::{self, Tuple},
+    parse::{self, Packet},
+    reject, TC_ACT_SHOT, TC_ACT_UNSPEC,
 };
 
 #[inline(always)]
@@ -54,15 +58,16 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Reason> {
 /// `lb_from_net`): decide, track, rewrite, and forward where the stack would not.
 #[inline(always)]
 pub fn translate(ctx: &TcContext, origin: Origin) -> Result<i32, Reason> {
-    let Some(pkt) = parse::parse(ctx)? else {
+    let Some(mut pkt) = parse::parse(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     if pkt.proto == proto::ICMP {
         return Ok(match icmp::translate_error(ctx, &pkt)? {
-            Some(to) => fib::redirect(ctx, &to, pkt.proto),
+            Some(to) => forward_error(ctx, &pkt, &to),
             None => TC_ACT_UNSPEC,
         });
     }
+    frag::track(&mut pkt)?;
     let now = clock::now();
     let (to, backend_id, reason) = match flow::decide(&pkt, origin, now) {
         Ok(Step::Untouched) => return Ok(TC_ACT_UNSPEC),
@@ -79,14 +84,82 @@ pub fn translate(ctx: &TcContext, origin: Origin) -> Result<i32, Reason> {
         Err(Reason::RejectNoBackend) => return Ok(reject_or_drop(ctx, &pkt)),
         Err(reason) => return Err(reason),
     };
-    nat::rewrite(ctx, &pkt, &to)?;
-    count(reason);
-    count_backend(backend_id, ctx.len());
     // From the uplink everything translated is forwarded here (as XDP would). From a pod,
     // only when the source became the node's or the service's address: the stack would
     // drop a packet from its own address arriving on a pod's veth.
-    if origin == Origin::Net || to.saddr != pkt.saddr {
-        return Ok(fib::redirect(ctx, &to, pkt.proto));
+    let route = if origin == Origin::Net || to.saddr != pkt.saddr {
+        fib::lookup(ctx, &to, pkt.proto)
+    } else {
+        Fib::None
+    };
+    let verdict = match route {
+        Fib::Route(route) => {
+            if pkt.ttl <= 1 {
+                return Err(Reason::DropTtlExceeded);
+            }
+            nat::rewrite(ctx, &pkt, &to, true)?;
+            fib::redirect(ctx, &route)
+        }
+        Fib::TooBig { mtu } if pkt.df => {
+            // As a router would: the client learns the path's MTU.
+            let verdict = reject::frag_needed(ctx, &pkt, mtu, router_addr(&pkt))?;
+            count(Reason::RejectFragNeeded);
+            return Ok(verdict);
+        }
+        Fib::TooBig { .. } => {
+            // The stack fragments what it forwards; the datapath cannot.
+            nat::rewrite(ctx, &pkt, &to, false)?;
+            count(Reason::PassMtu);
+            TC_ACT_UNSPEC
+        }
+        Fib::Local => {
+            // For this node itself (a hostNetwork backend): the stack delivers it.
+            nat::rewrite(ctx, &pkt, &to, false)?;
+            TC_ACT_UNSPEC
+        }
+        Fib::None => {
+            nat::rewrite(ctx, &pkt, &to, false)?;
+            if origin == Origin::Net || to.saddr != pkt.saddr {
+                count(Reason::PassNoRoute);
+            }
+            TC_ACT_UNSPEC
+        }
+    };
+    count(reason);
+    count_backend(backend_id, ctx.len());
+    Ok(verdict)
+}
+
+/// The address a router's own ICMP errors come from: this node's, once the agent has set
+/// it, else the address the client sent to.
+#[inline(always)]
+fn router_addr(pkt: &Packet) -> u32 {
+    match flow::config().node_addr {
+        0 => pkt.daddr,
+        node => node,
     }
-    Ok(TC_ACT_UNSPEC)
+}
+
+/// Sends on an ICMP error that was translated for a flow's client (or backend), with its
+/// TTL taken down as a router's would be.
+#[inline(always)]
+fn forward_error(ctx: &TcContext, pkt: &Packet, to: &Tuple) -> i32 {
+    let Fib::Route(route) = fib::lookup(ctx, to, pkt.proto) else {
+        return TC_ACT_UNSPEC;
+    };
+    if pkt.ttl <= 1 {
+        count(Reason::DropTtlExceeded);
+        return TC_ACT_SHOT;
+    }
+    // The error's addresses are `to` already: only its TTL changes.
+    let now_at = Packet {
+        saddr: to.saddr,
+        daddr: to.daddr,
+        ..*pkt
+    };
+    if nat::rewrite(ctx, &now_at, to, true).is_err() {
+        count(Reason::DropRewrite);
+        return TC_ACT_SHOT;
+    }
+    fib::redirect(ctx, &route)
 }

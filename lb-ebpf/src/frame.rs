@@ -12,11 +12,17 @@ use aya_ebpf::{
 };
 use lb_common::{checksum, proto, Reason};
 
-use crate::{nat::Tuple, parse::Packet};
+use crate::{
+    nat::Tuple,
+    parse::{frag, Packet},
+};
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
-const IP_CSUM_OFF: usize = 10;
+/// The IPv4 header from the TTL on: TTL and protocol, checksum, source, destination, as
+/// six 16-bit words.
+const IP_TTL_OFF: usize = 8;
+type IpTail = [u16; 6];
 
 pub trait Frame: EbpfContext {
     fn data(&self) -> usize;
@@ -27,9 +33,11 @@ pub trait Frame: EbpfContext {
     fn pull(&self, len: usize) -> bool;
     /// Interface the packet arrived on (or, on tc egress, leaves by).
     fn ifindex(&self) -> u32;
-    /// Rewrites the packet's addresses and ports to `to`, fixing the IP and L4 checksums.
-    /// Only fields that differ are touched.
-    fn rewrite(&self, pkt: &Packet, to: &Tuple) -> Result<(), Reason>;
+    /// Rewrites the packet's addresses and ports to `to`, fixing the IP and L4 checksums,
+    /// and takes one off its TTL when `routed` (the datapath forwards it itself, so the
+    /// stack's forwarding, which would, is bypassed). Only fields that differ are touched;
+    /// a later fragment has only its IP header.
+    fn rewrite(&self, pkt: &Packet, to: &Tuple, routed: bool) -> Result<(), Reason>;
 
     /// A pointer to a `T` at `off`, if the linear packet data holds all of it.
     #[inline(always)]
@@ -81,22 +89,23 @@ impl Frame for TcContext {
     /// Hence two helper calls at most (addresses, ports), each with the summed difference
     /// computed here, instead of one per field and checksum.
     #[inline(always)]
-    fn rewrite(&self, pkt: &Packet, to: &Tuple) -> Result<(), Reason> {
+    fn rewrite(&self, pkt: &Packet, to: &Tuple, routed: bool) -> Result<(), Reason> {
         let addr_diff = checksum::diff4(pkt.saddr, to.saddr) + checksum::diff4(pkt.daddr, to.daddr);
-        let port_diff = checksum::diff2(pkt.sport, to.sport) + checksum::diff2(pkt.dport, to.dport);
-        if addr_diff != 0 {
-            let ip: *mut [u16; 5] = self
-                .ptr_at(pkt.l3 + IP_CSUM_OFF)
+        let has_l4 = pkt.frag != frag::LATER;
+        let port_diff = if has_l4 {
+            checksum::diff2(pkt.sport, to.sport) + checksum::diff2(pkt.dport, to.dport)
+        } else {
+            0
+        };
+        let (ttl_word, ttl_diff) = ttl_step(pkt, routed);
+        if addr_diff + ttl_diff != 0 {
+            let ip: *mut IpTail = self
+                .ptr_at(pkt.l3 + IP_TTL_OFF)
                 .ok_or(Reason::DropRewrite)?;
-            // SAFETY: bounds checked by ptr_at (checksum, source, destination: 10 bytes);
-            // 16-bit fields at even offsets from an Ethernet header the stack keeps 2-byte
-            // aligned, written unaligned anyway.
-            unsafe {
-                let ip = ip as *mut u16;
-                ip.write_unaligned(checksum::apply(ip.read_unaligned(), addr_diff));
-                (ip.add(1) as *mut u32).write_unaligned(to.saddr);
-                (ip.add(3) as *mut u32).write_unaligned(to.daddr);
-            }
+            // SAFETY: bounds checked by ptr_at (TTL to destination: 12 bytes); 16-bit fields
+            // at even offsets from an Ethernet header the stack keeps 2-byte aligned,
+            // written unaligned anyway.
+            unsafe { write_ip(ip as *mut u16, addr_diff + ttl_diff, ttl_word, to) };
         }
         if port_diff != 0 {
             let ports: *mut [u16; 2] = self.ptr_at(pkt.l4).ok_or(Reason::DropRewrite)?;
@@ -105,13 +114,15 @@ impl Frame for TcContext {
         }
         // The helpers may move the packet: no packet pointer is used after them.
         if addr_diff != 0 {
-            self.l4_csum_replace(
-                pkt.l4_csum_off(),
-                0,
-                addr_diff as u64,
-                udp_flags(pkt) | BPF_F_PSEUDO_HDR,
-            )
-            .map_err(|_| Reason::DropRewrite)?;
+            if has_l4 {
+                self.l4_csum_replace(
+                    pkt.l4_csum_off(),
+                    0,
+                    addr_diff as u64,
+                    udp_flags(pkt) | BPF_F_PSEUDO_HDR,
+                )
+                .map_err(|_| Reason::DropRewrite)?;
+            }
             // The flow hash the stack computed belongs to the old addresses.
             // SAFETY: the context pointer is valid for the program run.
             unsafe { bpf_set_hash_invalid(self.skb.skb) };
@@ -122,6 +133,31 @@ impl Frame for TcContext {
         }
         Ok(())
     }
+}
+
+/// The TTL/protocol word a routed packet leaves with, and its checksum difference (0 when
+/// the packet is not routed here).
+#[inline(always)]
+fn ttl_step(pkt: &Packet, routed: bool) -> (u16, u32) {
+    let word = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
+    if !routed {
+        return (word, 0);
+    }
+    let next = u16::from_ne_bytes([pkt.ttl.wrapping_sub(1), pkt.proto]);
+    (next, checksum::diff2(word, next))
+}
+
+/// Writes the IP header's TTL word, checksum (with `diff` folded in) and addresses.
+///
+/// # Safety
+/// `ip` must point at the TTL of an IPv4 header with 12 bytes inside the packet.
+#[inline(always)]
+unsafe fn write_ip(ip: *mut u16, diff: u32, ttl_word: u16, to: &Tuple) {
+    ip.write_unaligned(ttl_word);
+    let csum = ip.add(1);
+    csum.write_unaligned(checksum::apply(csum.read_unaligned(), diff));
+    (ip.add(2) as *mut u32).write_unaligned(to.saddr);
+    (ip.add(4) as *mut u32).write_unaligned(to.daddr);
 }
 
 /// UDP checksum 0 means "none" and must stay 0; a computed 0 must become 0xffff.
@@ -164,34 +200,35 @@ impl Frame for XdpContext {
     }
 
     /// Plain memory: every field and both checksums are written directly, each checksum
-    /// once with the summed difference of the fields it covers.
+    /// once with the summed difference of the fields it covers. The L4 checksum must be
+    /// complete (see `xdp::checksum_is_partial`, which hands the other packets to tc).
     #[inline(always)]
-    fn rewrite(&self, pkt: &Packet, to: &Tuple) -> Result<(), Reason> {
+    fn rewrite(&self, pkt: &Packet, to: &Tuple, routed: bool) -> Result<(), Reason> {
         let addr_diff = checksum::diff4(pkt.saddr, to.saddr) + checksum::diff4(pkt.daddr, to.daddr);
         let l4_diff =
             addr_diff + checksum::diff2(pkt.sport, to.sport) + checksum::diff2(pkt.dport, to.dport);
-        if l4_diff == 0 {
+        let (ttl_word, ttl_diff) = ttl_step(pkt, routed);
+        if l4_diff + ttl_diff == 0 {
             return Ok(());
         }
-        let ip: *mut [u16; 5] = self
-            .ptr_at(pkt.l3 + IP_CSUM_OFF)
+        let ip: *mut IpTail = self
+            .ptr_at(pkt.l3 + IP_TTL_OFF)
             .ok_or(Reason::DropRewrite)?;
         let ports: *mut [u16; 2] = self.ptr_at(pkt.l4).ok_or(Reason::DropRewrite)?;
         let l4_csum: *mut u16 = self.ptr_at(pkt.l4_csum_off()).ok_or(Reason::DropRewrite)?;
         // SAFETY: every pointer was bounds-checked against the frame by ptr_at; the fields
         // may be unaligned, hence the unaligned accesses.
         unsafe {
-            let ip = ip as *mut u16;
-            ip.write_unaligned(checksum::apply(ip.read_unaligned(), addr_diff));
-            (ip.add(1) as *mut u32).write_unaligned(to.saddr);
-            (ip.add(3) as *mut u32).write_unaligned(to.daddr);
-            ports.write_unaligned([to.sport, to.dport]);
-            let l4 = l4_csum.read_unaligned();
-            l4_csum.write_unaligned(if pkt.proto == proto::UDP {
-                checksum::udp_apply(l4, l4_diff)
-            } else {
-                checksum::apply(l4, l4_diff)
-            });
+            write_ip(ip as *mut u16, addr_diff + ttl_diff, ttl_word, to);
+            if l4_diff != 0 {
+                ports.write_unaligned([to.sport, to.dport]);
+                let l4 = l4_csum.read_unaligned();
+                l4_csum.write_unaligned(if pkt.proto == proto::UDP {
+                    checksum::udp_apply(l4, l4_diff)
+                } else {
+                    checksum::apply(l4, l4_diff)
+                });
+            }
         }
         Ok(())
     }

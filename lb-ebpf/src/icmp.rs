@@ -1,12 +1,18 @@
 //! ICMP errors about translated flows (fragmentation-needed, port-unreachable, TTL
-//! exceeded...) are translated back, so that path-MTU discovery and "unreachable" reach the
-//! client as if the service itself had answered.
+//! exceeded...) are translated, in both directions, so that path-MTU discovery and
+//! "unreachable" work through the datapath:
 //!
-//! The error quotes the packet as the backend side saw it (client or node -> backend). Its
-//! reverse is the flow's reply tuple, whose conntrack entry says what to restore: the
-//! service as the quoted destination, and for a masqueraded flow the client as the quoted
-//! source and as the error's destination. An error sent by the backend itself also gets
-//! the service as its source.
+//! - About the forward direction: the error quotes the packet as the backend side saw it
+//!   (client or node -> backend), and goes to the client. Its reverse is the flow's reply
+//!   tuple, whose entry says what to restore: the service as the quoted destination, and
+//!   for a masqueraded flow the client as the quoted source and as the error's destination.
+//!   An error sent by the backend itself also gets the service as its source.
+//! - About the reply direction: the error quotes a reply as the client saw it (service ->
+//!   client), and goes to the service address (a router on the way back to the client needs
+//!   fragmentation, or the client's host has no such port). Its reverse is the flow's
+//!   forward tuple, whose entry says what the backend sent: the backend as the quoted
+//!   source, the masquerade address as the quoted destination; the error goes to the
+//!   backend.
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
@@ -15,7 +21,7 @@ use lb_common::{
     proto, CtEntry, CtKey, Reason,
 };
 
-use crate::{counters::count, maps::LB_CT, nat::Tuple, parse::Packet};
+use crate::{conntrack::table, counters::count, nat::Tuple, parse::Packet};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -53,25 +59,68 @@ pub fn translate_error(ctx: &TcContext, pkt: &Packet) -> Result<Option<Tuple>, R
     let half = |o: usize| u16::from_ne_bytes([old[o], old[o + 1]]);
     let (q_saddr, q_daddr) = (word(IP_SADDR_OFF), word(IP_DADDR_OFF));
     let (q_sport, q_dport) = (half(IP_HDR), half(IP_HDR + 2));
-    // The quoted packet went client -> backend; its flow's reply entry is keyed the other way.
-    let key = CtKey::new(q_daddr, q_saddr, q_dport, q_sport, inner_proto, dir::REPLY);
-    // SAFETY: copied out at once.
-    let Some(entry) = (unsafe { LB_CT.get(&key).copied() }) else {
-        return Ok(None);
+    let table = table(inner_proto);
+    // The quoted packet's reverse: a reply tuple if it went client -> backend, a forward
+    // tuple if it went service -> client.
+    let mut key = CtKey::new(q_daddr, q_saddr, q_dport, q_sport, inner_proto, dir::REPLY);
+    // What the quote and the error's addresses become.
+    // SAFETY (here and below): copied out at once.
+    let (quote, to) = if let Some(entry) = unsafe { table.get(&key).copied() } {
+        let (client, client_port) = client_of(&entry, q_saddr, q_sport);
+        let quote = Quote {
+            saddr: client,
+            sport: client_port,
+            daddr: entry.nat_addr,
+            dport: entry.nat_port,
+        };
+        // To the real client, and from the service when the backend itself reported the
+        // error (a router's own address stays).
+        let mut to = outer(pkt);
+        if pkt.saddr == q_daddr {
+            to.saddr = entry.nat_addr;
+        }
+        if pkt.daddr == q_saddr {
+            to.daddr = client;
+        }
+        (quote, to)
+    } else {
+        key.dir = dir::FORWARD;
+        let Some(entry) = (unsafe { table.get(&key).copied() }) else {
+            return Ok(None);
+        };
+        let mut quote = Quote {
+            saddr: entry.nat_addr,
+            sport: entry.nat_port,
+            daddr: q_daddr,
+            dport: q_dport,
+        };
+        // To the backend; an error the client itself sent comes from the address the
+        // backend knows it by.
+        let mut to = outer(pkt);
+        if entry.flags & ct_flags::SNAT != 0 {
+            quote.daddr = entry.snat_addr;
+            quote.dport = entry.snat_port;
+            if pkt.saddr == q_daddr {
+                to.saddr = entry.snat_addr;
+            }
+        }
+        if pkt.daddr == q_saddr {
+            to.daddr = entry.nat_addr;
+        }
+        (quote, to)
     };
 
     let mut new = old;
-    let (client, client_port) = client_of(&entry, q_saddr, q_sport);
-    new[IP_SADDR_OFF..IP_SADDR_OFF + 4].copy_from_slice(&client.to_ne_bytes());
-    new[IP_DADDR_OFF..IP_DADDR_OFF + 4].copy_from_slice(&entry.nat_addr.to_ne_bytes());
-    new[IP_HDR..IP_HDR + 2].copy_from_slice(&client_port.to_ne_bytes());
-    new[IP_HDR + 2..IP_HDR + 4].copy_from_slice(&entry.nat_port.to_ne_bytes());
+    new[IP_SADDR_OFF..IP_SADDR_OFF + 4].copy_from_slice(&quote.saddr.to_ne_bytes());
+    new[IP_DADDR_OFF..IP_DADDR_OFF + 4].copy_from_slice(&quote.daddr.to_ne_bytes());
+    new[IP_HDR..IP_HDR + 2].copy_from_slice(&quote.sport.to_ne_bytes());
+    new[IP_HDR + 2..IP_HDR + 4].copy_from_slice(&quote.dport.to_ne_bytes());
     // The quoted header's own checksum, so the client's stack sees a consistent quote.
     let q_csum = u16::from_ne_bytes([old[IP_CSUM_OFF], old[IP_CSUM_OFF + 1]]);
     let q_csum = checksum::replace4(
-        checksum::replace4(q_csum, q_saddr, client),
+        checksum::replace4(q_csum, q_saddr, quote.saddr),
         q_daddr,
-        entry.nat_addr,
+        quote.daddr,
     );
     new[IP_CSUM_OFF..IP_CSUM_OFF + 2].copy_from_slice(&q_csum.to_ne_bytes());
 
@@ -91,24 +140,29 @@ pub fn translate_error(ctx: &TcContext, pkt: &Packet) -> Result<Option<Tuple>, R
     ctx.store(pkt.l4 + 2, &icmp_csum, BPF_F_RECOMPUTE_CSUM)
         .map_err(|_| Reason::DropRewrite)?;
 
-    // Outer header: to the real client, and from the service when the backend itself
-    // reported the error (a router's own address stays).
-    let mut to = Tuple {
-        saddr: pkt.saddr,
-        sport: 0,
-        daddr: pkt.daddr,
-        dport: 0,
-    };
-    if pkt.saddr == q_daddr {
-        to.saddr = entry.nat_addr;
-    }
-    if pkt.daddr == q_saddr {
-        to.daddr = client;
-    }
     set_outer(ctx, pkt.l3 + IP_SADDR_OFF, pkt.saddr, to.saddr)?;
     set_outer(ctx, pkt.l3 + IP_DADDR_OFF, pkt.daddr, to.daddr)?;
     count(Reason::IcmpErrorTranslated);
     Ok(Some(to))
+}
+
+/// The quoted packet's addresses and ports, as they must read.
+struct Quote {
+    saddr: u32,
+    sport: u16,
+    daddr: u32,
+    dport: u16,
+}
+
+/// The error's own addresses, unchanged.
+#[inline(always)]
+fn outer(pkt: &Packet) -> Tuple {
+    Tuple {
+        saddr: pkt.saddr,
+        sport: 0,
+        daddr: pkt.daddr,
+        dport: 0,
+    }
 }
 
 /// Who the client really is: for a masqueraded flow the entry keeps it, otherwise the

@@ -8,13 +8,17 @@
 //!   from backends get the service address back as their source, wherever the backend ran.
 //! - `lb_from_net` (tc ingress on the node's uplink) serves north-south traffic: NodePorts,
 //!   LoadBalancer and external IPs, masquerading, and the replies of masqueraded flows.
-//! - `lb_xdp` (XDP on the uplink) does the same for what it can send straight back out.
+//! - `lb_to_net` (tc egress on the node's uplink) translates what the node's own stack sends:
+//!   the replies of backends that are the node itself (hostNetwork pods).
+//! - `lb_xdp` (XDP on the uplink) does the same as `lb_from_net` for what it can send
+//!   straight back out.
 //! - `lb_sock_*` (cgroup hooks) translate node processes' sockets.
 #![no_std]
 #![no_main]
-// BPF inline assembly (the atomic add in counters.rs) is not yet stable.
+// BPF inline assembly (the atomics in atomic.rs) is not yet stable.
 #![feature(asm_experimental_arch)]
 
+mod atomic;
 mod backend;
 mod clock;
 mod conntrack;
@@ -23,6 +27,7 @@ mod fib;
 mod floor;
 mod flow;
 mod forward;
+mod frag;
 mod frame;
 mod from_net;
 mod frontend;
@@ -32,6 +37,7 @@ mod nat;
 mod parse;
 mod reject;
 mod reply;
+mod snat;
 mod sock;
 mod source_range;
 mod xdp;
@@ -52,7 +58,7 @@ pub fn lb_from_pod(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn lb_to_pod(ctx: TcContext) -> i32 {
-    reply::handle(&ctx)
+    reply::handle(&ctx, reply::From::Anywhere)
 }
 
 /// tc ingress on the node's uplink: north-south traffic to NodePorts, LoadBalancer and
@@ -60,6 +66,13 @@ pub fn lb_to_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_from_net(ctx: TcContext) -> i32 {
     from_net::handle(&ctx)
+}
+
+/// tc egress on the node's uplink: replies the node's own stack sends for a backend that is
+/// the node itself.
+#[classifier]
+pub fn lb_to_net(ctx: TcContext) -> i32 {
+    reply::handle(&ctx, reply::From::Node)
 }
 
 /// XDP on the node's uplink: the fast path for what `lb_from_net` does.

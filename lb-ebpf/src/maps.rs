@@ -8,11 +8,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        AFFINITY_MAX, BACKENDS_MAX, BACKEND_SLOTS_MAX, CONNTRACK_MAX, COUNTERS_MAX, FRONTENDS_MAX,
-        SERVICE_NAMES_MAX, SOCK_REV_MAX, SOURCE_RANGES_MAX,
+        AFFINITY_MAX, BACKENDS_MAX, BACKEND_SLOTS_MAX, CONNTRACK_ANY_MAX, CONNTRACK_TCP_MAX,
+        COUNTERS_MAX, FRAGMENTS_MAX, FRONTENDS_MAX, SERVICE_NAMES_MAX, SOCK_REV_MAX,
+        SOURCE_RANGES_MAX,
     },
     AffinityEntry, AffinityKey, Backend, BackendId, BackendSlotKey, BackendStats, Config, CtEntry,
-    CtKey, Frontend, FrontendKey, ServiceName, SockRevEntry, SockRevKey, SourceRange,
+    CtKey, FragKey, FragPorts, Frontend, FrontendKey, ServiceName, SockRevEntry, SockRevKey,
+    SourceRange,
 };
 
 // Service maps are sparse and written only by the agent: no preallocation, so their memory
@@ -30,9 +32,20 @@ pub static LB_BACKENDS: HashMap<BackendId, Backend> =
     HashMap::pinned(BACKENDS_MAX, BPF_F_NO_PREALLOC);
 
 // Conntrack is written per new flow on the packet path, so it is preallocated (no allocation
-// in softirq) and LRU (a full table evicts the idlest flow instead of refusing new ones).
+// in softirq). Not LRU: eviction would drop live idle flows, and a flow's two entries one at
+// a time; a full table refuses new flows instead (counted), and the agent's GC removes
+// expired entries. TCP has a table of its own, so a flood of other traffic cannot take its
+// room. The agent sizes both from the node's memory at load time.
 #[map]
-pub static LB_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+pub static LB_CT4_TCP: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_TCP_MAX, 0);
+
+#[map]
+pub static LB_CT4_ANY: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_ANY_MAX, 0);
+
+// Written per fragmented datagram; LRU, since a record is only needed until its datagram's
+// last fragment passed, and nothing says when that was.
+#[map]
+pub static LB_FRAG4: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(FRAGMENTS_MAX, 0);
 
 #[map]
 pub static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_MAX, 0);

@@ -14,8 +14,9 @@ pub struct Tuple {
     pub dport: u16,
 }
 
-/// Rewrites `pkt` to carry `to`; only fields that differ are touched.
+/// Rewrites `pkt` to carry `to`; only fields that differ are touched. `routed`: the
+/// datapath forwards the packet itself, so it also takes one off the TTL.
 #[inline(always)]
-pub fn rewrite<F: Frame>(ctx: &F, pkt: &Packet, to: &Tuple) -> Result<(), Reason> {
-    ctx.rewrite(pkt, to)
+pub fn rewrite<F: Frame>(ctx: &F, pkt: &Packet, to: &Tuple, routed: bool) -> Result<(), Reason> {
+    ctx.rewrite(pkt, to, routed)
 }

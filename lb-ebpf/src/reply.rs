@@ -1,6 +1,10 @@
-//! What reaches pods (tc egress on a pod's veth): replies of tracked flows get the service
-//! address back as their source, wherever the backend ran, and ICMP errors about them are
-//! translated too.
+//! Replies on their way back to the client: tracked flows' replies get the service address
+//! back as their source, and ICMP errors about them are translated too.
+//!
+//! - `lb_to_pod` (tc egress on a pod's veth): what reaches pods, wherever the backend ran.
+//! - `lb_to_net` (tc egress on the node's uplink): what this node's own stack sends out,
+//!   i.e. the replies of a backend that is the node itself (a hostNetwork pod). Only packets
+//!   from the node's address can be such replies, so nothing else is looked up.
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
@@ -9,26 +13,40 @@ use lb_common::{conntrack::dir, proto, CtKey, Reason};
 use crate::{
     clock, conntrack,
     counters::{count, count_backend},
+    flow,
     forward::verdict,
-    icmp, nat, parse, TC_ACT_UNSPEC,
+    frag, icmp, nat, parse, TC_ACT_UNSPEC,
 };
 
+/// Which packets may be replies here.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// Anyone: backends anywhere answer pods.
+    Anywhere,
+    /// This node's own address only.
+    Node,
+}
+
 #[inline(always)]
-pub fn handle(ctx: &TcContext) -> i32 {
-    match try_handle(ctx) {
+pub fn handle(ctx: &TcContext, from: From) -> i32 {
+    match try_handle(ctx, from) {
         Ok(()) => TC_ACT_UNSPEC,
         Err(reason) => verdict(ctx, reason),
     }
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
-    let Some(pkt) = parse::parse(ctx)? else {
+fn try_handle(ctx: &TcContext, from: From) -> Result<(), Reason> {
+    let Some(mut pkt) = parse::parse(ctx)? else {
         return Ok(());
     };
+    if from == From::Node && pkt.saddr != flow::config().node_addr {
+        return Ok(());
+    }
     if pkt.proto == proto::ICMP {
         return icmp::translate_error(ctx, &pkt).map(|_| ());
     }
+    frag::track(&mut pkt)?;
     let key = CtKey::new(
         pkt.saddr,
         pkt.daddr,
@@ -38,10 +56,11 @@ fn try_handle(ctx: &TcContext) -> Result<(), Reason> {
         dir::REPLY,
     );
     let now = clock::now();
-    let Some(hit) = conntrack::reply_hit(&key, &pkt, now) else {
+    let Some(hit) = conntrack::reply(&key, &pkt, now, &conntrack::timeouts()) else {
         return Ok(());
     };
-    nat::rewrite(ctx, &pkt, &hit.to)?;
+    // On its way out of an interface already: the stack or the datapath routed it.
+    nat::rewrite(ctx, &pkt, &hit.to, false)?;
     // The datapath's one log line (enabled with the agent's --bpf-log): in the larger
     // programs, aya-log's calls push LLVM's BPF backend into register reuse across calls
     // that the verifier refuses; this small program keeps logging demonstrably working.

@@ -12,6 +12,7 @@ use crate::plan::Plan;
 use crate::state::StateDir;
 use crate::teardown::teardown;
 use crate::testing::{try_lock, LockGuard};
+use crate::topology::Offloads;
 use crate::{netns, status, Binaries};
 
 /// Lab subcommands.
@@ -33,6 +34,11 @@ pub enum LabCommand {
         /// (started on the control-plane node, 172.18.0.2:6443, kubeconfig in the state dir).
         #[arg(long, value_enum, default_value_t = AgentSource::Kube)]
         agent_source: AgentSource,
+        /// Transmit offloads on eth0 of the host and the nodes: `kind` leaves the veth
+        /// defaults (tx checksum and TSO on, as in Kind); `off` turns tx checksum offload
+        /// off (full checksums, no TSO), for comparison.
+        #[arg(long, value_enum, default_value_t = Offloads::Kind)]
+        offloads: Offloads,
         /// Extra arguments for every agent, after `--` (e.g. `-- --bpf-log debug`).
         #[arg(last = true)]
         agent_args: Vec<String>,
@@ -41,7 +47,8 @@ pub enum LabCommand {
     Down,
     /// Show namespaces, addresses, processes and agent readiness.
     Status,
-    /// Run a command inside a lab namespace: `exec worker -- ip route`.
+    /// Run a command inside a lab namespace: `exec worker -- ip route`. In a node's or a pod's
+    /// namespace it also runs in that node's or pod's cgroup, under the socket-level LB.
     Exec {
         /// Namespace: `worker`, `lbk-worker`, `worker-echo-1`, `host`, `net`, ...
         ns: String,
@@ -93,6 +100,7 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
             keep_on_failure,
             timeout_secs,
             agent_source,
+            offloads,
             agent_args,
         } => {
             let _lock = lock()?;
@@ -102,6 +110,7 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
                 ready_timeout: Duration::from_secs(timeout_secs),
                 agent_args,
                 agent_source,
+                offloads,
             };
             let lab = Lab::up(bins, opts)?;
             if agent_source == AgentSource::Kube {
@@ -317,6 +326,27 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn up_takes_offloads_kind_by_default_or_off() {
+        let cli = Cli::try_parse_from(["lab", "up"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            LabCommand::Up {
+                offloads: Offloads::Kind,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["lab", "up", "--offloads", "off"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            LabCommand::Up {
+                offloads: Offloads::Off,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["lab", "up", "--offloads", "on"]).is_err());
     }
 
     #[test]

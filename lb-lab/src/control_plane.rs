@@ -103,6 +103,9 @@ impl ControlPlane<'_> {
         ];
         let record = process::spawn(&DaemonSpec {
             ns: node.ns.clone(),
+            // In no lab cgroup, as the agents: it only serves, and its clients (agents, tests)
+            // reach it by its own address, never through a service.
+            cgroup: None,
             program: self.bins.lab.clone(),
             args,
             log: self.state.apiserver_log(),

@@ -17,13 +17,13 @@ use crate::cgroup;
 use crate::control_plane::ControlPlane;
 use crate::manifests::{Rendered, Store};
 use crate::netns;
-use crate::plan::{Node, Plan, Pod, ECHO_PORT};
+use crate::plan::{Node, Plan, Pod, CLUSTER_CIDR, ECHO_PORT};
 use crate::pod_state::{PodState, PodStates};
 use crate::probe::{self, ProbeError, ProbeRequest, Transport};
 use crate::process::{self, DaemonSpec, PidRecord};
-use crate::state::{remove_dir_if_exists, remove_file_if_exists, StateDir};
+use crate::state::{remove_dir_if_exists, remove_file_if_exists, write_atomic, StateDir};
 use crate::teardown::{teardown, Teardown};
-use crate::topology;
+use crate::topology::{self, Offloads};
 use crate::Binaries;
 
 /// How many log lines an error shows.
@@ -57,6 +57,8 @@ pub struct UpOptions {
     pub agent_args: Vec<String>,
     /// Manifest files or the lab's API server.
     pub agent_source: AgentSource,
+    /// Transmit offloads on the host's and nodes' `eth0`: Kind's veth defaults, or off.
+    pub offloads: Offloads,
 }
 
 impl Default for UpOptions {
@@ -67,6 +69,7 @@ impl Default for UpOptions {
             ready_timeout: Duration::from_secs(30),
             agent_args: Vec::new(),
             agent_source: AgentSource::default(),
+            offloads: Offloads::default(),
         }
     }
 }
@@ -95,6 +98,7 @@ pub struct Lab {
     state: StateDir,
     agents: bool,
     source: AgentSource,
+    offloads: Offloads,
 }
 
 impl Lab {
@@ -126,6 +130,7 @@ impl Lab {
             state: StateDir::new(&bins.state_dir),
             agents: !opts.no_agents,
             source: opts.agent_source,
+            offloads: opts.offloads,
         };
         match lab.build(&opts) {
             Ok(()) => Ok(lab),
@@ -170,12 +175,14 @@ impl Lab {
         } else {
             AgentSource::File
         };
+        let offloads = read_offloads(&state)?;
         Ok(Lab {
             bins: bins.clone(),
             plan,
             state,
             agents,
             source,
+            offloads,
         })
     }
 
@@ -222,6 +229,11 @@ impl Lab {
     /// Whether agents were started.
     pub fn has_agents(&self) -> bool {
         self.agents
+    }
+
+    /// The transmit offloads the lab was brought up with.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -287,6 +299,11 @@ impl Lab {
 
     /// Makes `req` from inside namespace `from_ns` (in-process, on a thread in that namespace).
     ///
+    /// The thread is in no lab cgroup, so no socket-level LB sees it: a request to a service
+    /// from a pod namespace is translated by the tc programs on the pod's veth. It stands for
+    /// traffic the socket programs miss; a pod's own processes are
+    /// [`Lab::probe_from_pod_process`].
+    ///
     /// # Errors
     /// A [`ProbeError`].
     pub fn probe(&self, from_ns: &str, req: &ProbeRequest) -> Result<String, ProbeError> {
@@ -303,6 +320,16 @@ impl Lab {
             &cgroup::root()?,
             &self.known_node(node)?.name,
         ))
+    }
+
+    /// Pod `pod`'s cgroup (`<cgroup2>/lbk-<node>/kubepods/<pod>`), where its echo server and
+    /// its other processes run, under its node's socket-LB programs.
+    ///
+    /// # Errors
+    /// If the pod is unknown or cgroup2 is not mounted.
+    pub fn pod_cgroup(&self, pod: &str) -> Result<PathBuf> {
+        let pod = self.known_pod(pod)?;
+        Ok(cgroup::pod_dir(&cgroup::root()?, &pod.node, &pod.name))
     }
 
     /// Makes `req` from a process of node `node` (`lb-lab probe`, in the node's namespace and
@@ -325,11 +352,47 @@ impl Lab {
         node: &str,
         req: &ProbeRequest,
     ) -> Result<(SocketAddr, String), ProbeError> {
-        let node_ns = self
-            .known_node(node)
-            .map_err(|e| ProbeError::Io(std::io::Error::other(format!("{e:#}"))))?
-            .ns
-            .clone();
+        let ns = self.known_node(node).map_err(probe_setup)?.ns.clone();
+        self.probe_process(&ns, req)
+    }
+
+    /// Makes `req` from a process of pod `pod` (`lb-lab probe`, in the pod's namespace and
+    /// cgroup, as a container's process): the node's socket-level LB sees its socket, as it
+    /// sees every pod's in Kind, so a service is translated at connect()/sendmsg() and the
+    /// packets on the pod's veth already carry the backend's address.
+    ///
+    /// # Errors
+    /// A [`ProbeError`], as [`Lab::probe`].
+    pub fn probe_from_pod_process(
+        &self,
+        pod: &str,
+        req: &ProbeRequest,
+    ) -> Result<String, ProbeError> {
+        self.probe_peer_from_pod_process(pod, req)
+            .map(|(_, answer)| answer)
+    }
+
+    /// As [`Lab::probe_from_pod_process`], also returning the peer address the process's
+    /// socket reports (getpeername).
+    ///
+    /// # Errors
+    /// A [`ProbeError`], as [`Lab::probe`].
+    pub fn probe_peer_from_pod_process(
+        &self,
+        pod: &str,
+        req: &ProbeRequest,
+    ) -> Result<(SocketAddr, String), ProbeError> {
+        let ns = self.known_pod(pod).map_err(probe_setup)?.ns.clone();
+        self.probe_process(&ns, req)
+    }
+
+    /// Runs `lb-lab probe --peer` for `req` in namespace `ns` (and, through [`command_in`],
+    /// in the node's or pod's cgroup) and reads back its peer and answer.
+    fn probe_process(
+        &self,
+        ns: &str,
+        req: &ProbeRequest,
+    ) -> Result<(SocketAddr, String), ProbeError> {
         let mut args: Vec<OsString> = vec![self.bins.lab.clone().into(), "probe".into()];
         match req.transport {
             Transport::Tcp => args.extend([
@@ -353,9 +416,9 @@ impl Lab {
             req.timeout.as_millis().to_string().into(),
             "--peer".into(),
         ]);
-        let out = command_in(&node_ns, &args)
+        let out = command_in(ns, &args)
             .and_then(|mut cmd| Ok(cmd.output()?))
-            .map_err(|e| ProbeError::Io(std::io::Error::other(format!("{e:#}"))))?;
+            .map_err(probe_setup)?;
         if !out.status.success() {
             return Err(ProbeError::from_message(
                 &String::from_utf8_lossy(&out.stderr),
@@ -411,6 +474,24 @@ impl Lab {
             .arg(self.pin_dir(&self.known_node(node)?.name))
             .args(args);
         Ok(crate::cmd::run(&mut cmd)?)
+    }
+
+    /// The datapath counter `reason` (its `lbctl stats` name, e.g. `drop_ct_full`) on
+    /// `node`, summed over CPUs.
+    ///
+    /// # Errors
+    /// If lbctl fails or its JSON has no such reason.
+    pub fn datapath_counter(&self, node: &str, reason: &str) -> Result<u64> {
+        let out = self.lbctl(node, &["stats", "-o", "json"])?;
+        let stats: serde_json::Value = serde_json::from_str(&out).context("lbctl stats -o json")?;
+        stats["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["reasons"].as_array().cloned().unwrap_or_default())
+            .find(|r| r["reason"] == reason)
+            .and_then(|r| r["packets"].as_u64())
+            .with_context(|| format!("lbctl stats on {node} shows no counter {reason}"))
     }
 
     /// Where the agents read Services and EndpointSlices from.
@@ -677,7 +758,12 @@ impl Lab {
             "lab: creating {} network namespaces",
             self.plan.namespaces().len()
         );
-        topology::create(&self.plan)?;
+        println!(
+            "lab: offloads {}: {}",
+            self.offloads.name(),
+            self.offloads.describe()
+        );
+        topology::create(&self.plan, self.offloads)?;
         for node in &self.plan.nodes {
             cgroup::create(&node.name)?;
         }
@@ -725,6 +811,9 @@ impl Lab {
         for node in &self.plan.nodes {
             remove_file_if_exists(&s.ready_file(&node.name))?;
         }
+        // Before anything is built, so that whoever attaches meanwhile knows the setting.
+        write_atomic(&s.offloads(), self.offloads.name().as_bytes())
+            .with_context(|| format!("cannot write {}", s.offloads().display()))?;
         self.control_plane().forget()?;
         PodStates::all_default(self.plan.pods.iter().map(|p| p.name.as_str())).save(&s.pod_states())
     }
@@ -739,6 +828,8 @@ impl Lab {
         ];
         process::spawn(&DaemonSpec {
             ns: pod.ns.clone(),
+            // As kubelet starts a container: in the pod's cgroup, under the node's.
+            cgroup: Some(cgroup::create_pod(&pod.node, &pod.name)?),
             program: self.bins.lab.clone(),
             args,
             log: self.state.echo_log(&pod.name),
@@ -771,7 +862,7 @@ impl Lab {
             "--ready-file".into(),
             self.state.ready_file(&node.name).into(),
             "--cluster-cidr".into(),
-            "10.244.0.0/16".into(),
+            CLUSTER_CIDR.to_string().into(),
             // The node's own cgroup, never the default (the machine's cgroup2 root), which
             // would put the socket programs under every process on the machine.
             "--socket-lb".into(),
@@ -782,6 +873,8 @@ impl Lab {
         args.extend(extra.iter().map(OsString::from));
         process::spawn(&DaemonSpec {
             ns: node.ns.clone(),
+            // The agent stays outside the cgroup it attaches to (DEVELOPERS.md).
+            cgroup: None,
             program: self.bins.agent.clone(),
             args,
             log: self.state.agent_log(&node.name),
@@ -954,6 +1047,24 @@ fn preflight(bins: &Binaries, opts: &UpOptions) -> Result<()> {
     Ok(())
 }
 
+/// The offloads recorded for the running lab. A lab brought up before they were recorded
+/// had them off (the only setting then).
+fn read_offloads(state: &StateDir) -> Result<Offloads> {
+    let path = state.offloads();
+    let name = match fs::read_to_string(&path) {
+        Ok(name) => name,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Offloads::Off),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Offloads::from_name(name.trim())
+        .with_context(|| format!("{} holds {name:?}, not kind or off", path.display()))
+}
+
+/// An error setting up a probe process (unknown name, cannot start), as a [`ProbeError`].
+fn probe_setup(e: anyhow::Error) -> ProbeError {
+    ProbeError::Io(std::io::Error::other(format!("{e:#}")))
+}
+
 /// `dest` as a route destination: an address becomes a /32, a prefix stays.
 fn host_route_dest(dest: &str) -> Result<String> {
     let (addr, len) = dest.split_once('/').unwrap_or((dest, "32"));
@@ -975,12 +1086,29 @@ pub fn command_in<S: AsRef<std::ffi::OsStr>>(ns: &str, args: &[S]) -> Result<Com
     cmd.args(rest);
     netns::enter_on_spawn(&mut cmd, &ns)?;
     // A command in a node's namespace is one of the node's own processes (a hostNetwork pod,
-    // kubelet): it runs in the node's cgroup, under the agent's socket-level LB.
-    if let Some(node) = Plan::kind().nodes.iter().find(|n| n.ns == ns) {
-        let dir = cgroup::node_dir(&cgroup::root()?, &node.name);
+    // kubelet), one in a pod's namespace one of the pod's (as `kubectl exec` runs it): it
+    // runs in that node's or pod's cgroup, under the agent's socket-level LB.
+    if let Some(dir) = cgroup_of(&ns)? {
         if dir.is_dir() {
             cgroup::enter_on_spawn(&mut cmd, &dir)?;
         }
     }
     Ok(cmd)
+}
+
+/// The cgroup of the node or pod whose namespace is `ns` (full name); `None` for the host,
+/// the bridge and anything else.
+fn cgroup_of(ns: &str) -> Result<Option<PathBuf>> {
+    let plan = Plan::kind();
+    if let Some(node) = plan.nodes.iter().find(|n| n.ns == ns) {
+        return Ok(Some(cgroup::node_dir(&cgroup::root()?, &node.name)));
+    }
+    if let Some(pod) = plan.pods.iter().find(|p| p.ns == ns) {
+        return Ok(Some(cgroup::pod_dir(
+            &cgroup::root()?,
+            &pod.node,
+            &pod.name,
+        )));
+    }
+    Ok(None)
 }

@@ -17,7 +17,9 @@ pub mod cmd;
 pub mod control_plane;
 pub mod echo;
 pub mod flow;
+pub mod kindnet;
 pub mod lab;
+pub mod load;
 pub mod manifests;
 pub mod netns;
 pub mod plan;
@@ -39,6 +41,7 @@ pub use plan::{Node, Pod, ECHO_PORT};
 pub use probe::{ProbeError, ProbeRequest};
 pub use teardown::{teardown, Teardown};
 pub use testing::{lab_lock, root_or_skip, LockGuard};
+pub use topology::Offloads;
 
 /// The programs the lab runs and where it keeps its state.
 #[derive(Clone, Debug, PartialEq, Eq)]

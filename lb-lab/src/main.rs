@@ -85,6 +85,10 @@ fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Echo { name, port } => {
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            // Load tests hold thousands of connections to one pod, as real servers do.
+            if let Err(e) = lb_lab::load::raise_fd_limit() {
+                eprintln!("echo: {e:#}; serving with the default open-file limit");
+            }
             match lb_lab::echo::serve(&name, addr) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -20,6 +20,9 @@ pub const BRIDGE: &str = "br0";
 pub const NODE_NETWORK: Ipv4Cidr = Ipv4Cidr::new(Ipv4Addr::new(172, 18, 0, 0), 16);
 /// The host's address on the "kind" network; nodes route everything else through it.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+/// The cluster's pod subnet: every node's pod CIDR lies inside it (the agents'
+/// `--cluster-cidr`, and what kindnet never masquerades to).
+pub const CLUSTER_CIDR: Ipv4Cidr = Ipv4Cidr::new(Ipv4Addr::new(10, 244, 0, 0), 16);
 /// Where Services' cluster IPs come from (not routed anywhere: only the agent knows them).
 pub const SERVICE_CIDR: Ipv4Cidr = Ipv4Cidr::new(Ipv4Addr::new(10, 96, 0, 0), 16);
 /// Linux's limit on interface names (IFNAMSIZ - 1).
@@ -258,6 +261,7 @@ mod tests {
         for node in &plan.nodes {
             assert!(NODE_NETWORK.contains(node.ip));
             assert!(node.pod_cidr.contains(node.pod_gateway));
+            assert!(CLUSTER_CIDR.contains(node.pod_cidr.addr));
         }
     }
 

@@ -31,6 +31,9 @@ pub struct PidRecord {
 pub struct DaemonSpec {
     /// Network namespace to run in (the mount namespace stays the host's).
     pub ns: String,
+    /// cgroup2 directory to run in (a pod's, for its echo server); `None` leaves the process
+    /// in ours.
+    pub cgroup: Option<PathBuf>,
     pub program: PathBuf,
     pub args: Vec<OsString>,
     /// Receives stdout and stderr (truncated first).
@@ -38,7 +41,7 @@ pub struct DaemonSpec {
     pub pid_file: PathBuf,
 }
 
-/// Starts `spec` in its namespace, detached from our session, and writes its pid file.
+/// Starts `spec` in its namespace (and cgroup), detached from our session, and writes its pid file.
 ///
 /// The new process gets its own session so that a Ctrl-C aimed at `cargo xtask lab up` does
 /// not reach it; it outlives us and is stopped only by [`stop`].
@@ -58,6 +61,9 @@ pub fn spawn(spec: &DaemonSpec) -> Result<PidRecord> {
         .stdout(log)
         .stderr(log_err);
     netns::enter_on_spawn(&mut cmd, &spec.ns)?;
+    if let Some(dir) = &spec.cgroup {
+        crate::cgroup::enter_on_spawn(&mut cmd, dir)?;
+    }
     // SAFETY: setsid is a single async-signal-safe syscall.
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));

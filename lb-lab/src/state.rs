@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 /// <state_dir>/pids/<what>.pid         processes the lab started
 /// <state_dir>/logs/<what>.log         their stdout and stderr
 /// <state_dir>/<node>.ready            written by each agent after its first sync
+/// <state_dir>/offloads                the running lab's `--offloads` (`kind` or `off`)
 /// <state_dir>/apiserver.json          the API server's store (kube mode), plus .journal
 /// <state_dir>/kubeconfig              how the agents (and you) reach the API server
 /// ```
@@ -68,6 +69,10 @@ impl StateDir {
 
     pub fn ready_file(&self, node: &str) -> PathBuf {
         self.root.join(format!("{node}.ready"))
+    }
+
+    pub fn offloads(&self) -> PathBuf {
+        self.root.join("offloads")
     }
 
     pub fn apiserver_state(&self) -> PathBuf {

@@ -10,6 +10,7 @@ use crate::plan::{Plan, BRIDGE, NET_NS};
 use crate::pod_state::PodStates;
 use crate::process;
 use crate::state::StateDir;
+use crate::topology::Offloads;
 use crate::Binaries;
 
 /// A human-readable report of the lab: namespaces with their IPv4 addresses, the processes
@@ -40,6 +41,17 @@ pub fn report(bins: &Binaries) -> String {
     }
     if present == 0 && process::read_pid_dir(&state.pids()).map_or(true, |p| p.is_empty()) {
         return out;
+    }
+    if let Some(offloads) = std::fs::read_to_string(state.offloads())
+        .ok()
+        .and_then(|name| Offloads::from_name(name.trim()))
+    {
+        let _ = writeln!(
+            out,
+            "offloads: {} ({})",
+            offloads.name(),
+            offloads.describe()
+        );
     }
 
     let control_plane = ControlPlane {

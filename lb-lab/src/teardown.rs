@@ -24,7 +24,7 @@ pub struct Teardown {
     pub stopped: Vec<(String, i32, Stopped)>,
     pub namespaces: Vec<String>,
     pub pin_dirs: Vec<PathBuf>,
-    /// The nodes' cgroups.
+    /// The nodes' and pods' cgroups, children before parents.
     pub cgroups: Vec<PathBuf>,
     /// Processes still inside lab namespaces that the lab did not start (left alone).
     pub strangers: Vec<(String, i32)>,
@@ -73,8 +73,8 @@ impl fmt::Display for Teardown {
 
 /// Removes the lab, whatever state it is in: stops the processes in `<state_dir>/pids`
 /// (SIGTERM, SIGKILL after a grace period), deletes every `lbk-*` namespace, removes the
-/// agents' pin directories, the nodes' cgroups and the pid and ready files. Logs and manifests stay for
-/// inspection.
+/// agents' pin directories, the nodes' and pods' cgroups, and the pid, ready and offloads
+/// files. Logs and manifests stay for inspection.
 ///
 /// # Errors
 /// If something could not be removed (everything else is still attempted).
@@ -120,7 +120,8 @@ pub fn teardown(bins: &Binaries) -> Result<Teardown> {
     }
     // After the pin directories: with the agents gone and their pinned links unpinned, the
     // socket programs are released with the cgroups; only processes could keep them busy, and
-    // every one the lab started has been stopped above.
+    // every one the lab started (the echo servers in the pod cgroups too) has been stopped
+    // above. Each node's pod cgroups go before its `kubepods` and its own.
     match crate::cgroup::remove(plan.nodes.iter().map(|n| n.name.as_str())) {
         Ok(removed) => report.cgroups = removed,
         Err(e) => errors.push(format!("{e:#}")),
@@ -129,6 +130,9 @@ pub fn teardown(bins: &Binaries) -> Result<Teardown> {
         if let Err(e) = remove_file_if_exists(&state.ready_file(&node.name)) {
             errors.push(format!("cannot remove ready file of {}: {e}", node.name));
         }
+    }
+    if let Err(e) = remove_file_if_exists(&state.offloads()) {
+        errors.push(format!("cannot remove {}: {e}", state.offloads().display()));
     }
     if errors.is_empty() {
         Ok(report)

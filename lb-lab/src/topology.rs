@@ -1,23 +1,74 @@
-//! Builds the lab's namespaces, links, addresses and routes from a [`Plan`], and tears them down.
+//! Builds the lab's namespaces, links, addresses, routes, offloads and kindnet's masquerade
+//! from a [`Plan`], and tears them down.
 
 use anyhow::{Context, Result};
 
 use crate::cmd::ip;
+use crate::kindnet;
 use crate::netns;
 use crate::plan::{Node, Plan, Pod, BRIDGE, HOST_IP, HOST_NS, NET_NS, NODE_NETWORK};
 
-/// Creates every namespace, link, address and route of `plan`.
+/// Transmit offloads on `eth0` of the host and of every node (pods always keep the veth
+/// defaults).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Offloads {
+    /// The veth defaults, as Docker leaves a Kind node's `eth0`: transmit checksum offload
+    /// and TSO on. Senders hand over CHECKSUM_PARTIAL packets (the checksum left to a
+    /// "hardware" no veth has) and TCP as GSO packets of up to 64 KiB; whatever BPF rewrites
+    /// or redirects must stay consistent with both, as in Kind.
+    #[default]
+    Kind,
+    /// `ethtool -K eth0 tx off` (which takes TSO with it): every packet leaves with its full
+    /// checksum and at most MTU-sized, as from a NIC that computes checksums. The lab's
+    /// setting before it followed Kind; kept for comparison, since it hides checksum bugs.
+    Off,
+}
+
+impl Offloads {
+    /// The name `--offloads` takes and the state directory records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Offloads::Kind => "kind",
+            Offloads::Off => "off",
+        }
+    }
+
+    /// The setting called `name` ([`Offloads::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Offloads::Kind, Offloads::Off]
+            .into_iter()
+            .find(|o| o.name() == name)
+    }
+
+    /// What the setting means on the wire, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Offloads::Kind => "veth defaults as in Kind: tx checksum and TSO on",
+            Offloads::Off => "tx checksum offload (and with it TSO) off on eth0 of host and nodes",
+        }
+    }
+}
+
+/// Creates every namespace, link, address and route of `plan`, with `offloads` on the
+/// host's and nodes' `eth0`, and kindnet's masquerade in every node.
 ///
-/// Every command runs with `ip -n <lab namespace>`, and veth peers are created directly in
-/// their target namespace, so no interface ever appears in the root namespace.
+/// Every command runs with `ip -n <lab namespace>` (or inside one), and veth peers are
+/// created directly in their target namespace, so no interface ever appears in the root
+/// namespace.
 ///
 /// # Errors
-/// The first `ip` command or sysctl that fails; what was created so far stays (see [`destroy`]).
-pub fn create(plan: &Plan) -> Result<()> {
+/// The first command or sysctl that fails; what was created so far stays (see [`destroy`]).
+pub fn create(plan: &Plan, offloads: Offloads) -> Result<()> {
     create_network()?;
-    create_host()?;
+    create_host(offloads)?;
     for node in &plan.nodes {
-        create_node(node, plan).with_context(|| format!("creating node {}", node.name))?;
+        create_node(node, plan, offloads)
+            .with_context(|| format!("creating node {}", node.name))?;
+    }
+    // As kindnetd does on every node once it runs, before any pod has sent a packet.
+    for node in &plan.nodes {
+        kindnet::install(&node.ns)
+            .with_context(|| format!("installing kindnet's masquerade on node {}", node.name))?;
     }
     for pod in &plan.pods {
         let node = plan
@@ -55,18 +106,18 @@ fn create_network() -> Result<()> {
     Ok(())
 }
 
-fn create_host() -> Result<()> {
+fn create_host(offloads: Offloads) -> Result<()> {
     netns::add(HOST_NS)?;
     ip(&["-n", HOST_NS, "link", "set", "lo", "up"])?;
     attach_to_bridge("host", HOST_NS)?;
     let addr = format!("{HOST_IP}/{}", NODE_NETWORK.prefix);
     ip(&["-n", HOST_NS, "addr", "add", &addr, "dev", "eth0"])?;
     ip(&["-n", HOST_NS, "link", "set", "eth0", "up"])?;
-    full_checksums(HOST_NS)?;
+    set_offloads(HOST_NS, offloads)?;
     Ok(())
 }
 
-fn create_node(node: &Node, plan: &Plan) -> Result<()> {
+fn create_node(node: &Node, plan: &Plan, offloads: Offloads) -> Result<()> {
     let ns = node.ns.as_str();
     netns::add(ns)?;
     // Before any interface exists, so that `default` is what every new veth inherits; the
@@ -84,7 +135,7 @@ fn create_node(node: &Node, plan: &Plan) -> Result<()> {
     let addr = format!("{}/{}", node.ip, NODE_NETWORK.prefix);
     ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    full_checksums(ns)?;
+    set_offloads(ns, offloads)?;
     ip(&[
         "-n",
         ns,
@@ -178,12 +229,13 @@ fn attach_to_bridge(port: &str, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Turns transmit checksum offload off on `eth0` in namespace `ns`: a veth otherwise sends
-/// CHECKSUM_PARTIAL packets (checksum left to "hardware" that never computes it), and once
-/// BPF has rewritten addresses and redirected such a packet, the receiver gets a wrong
-/// checksum. Real NICs hand over full checksums, which is what this simulates.
-fn full_checksums(ns: &str) -> Result<()> {
-    ethtool(ns, &["-K", "eth0", "tx", "off"])
+/// Applies `offloads` to `eth0` in namespace `ns`: [`Offloads::Kind`] leaves the veth as
+/// created, [`Offloads::Off`] turns transmit checksum offload (and so TSO) off.
+fn set_offloads(ns: &str, offloads: Offloads) -> Result<()> {
+    match offloads {
+        Offloads::Kind => Ok(()),
+        Offloads::Off => ethtool(ns, &["-K", "eth0", "tx", "off"]),
+    }
 }
 
 /// Runs `ethtool <args>` inside namespace `ns` (entering only its network namespace).
@@ -194,4 +246,21 @@ fn ethtool(ns: &str, args: &[&str]) -> Result<()> {
     crate::cmd::run(&mut cmd)
         .map(drop)
         .with_context(|| format!("in {ns} (ethtool is needed to build the lab)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_names_round_trip_and_match_the_command_line() {
+        use clap::ValueEnum;
+        for o in Offloads::value_variants() {
+            assert_eq!(Offloads::from_name(o.name()), Some(*o));
+            let clap_name = o.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(clap_name, o.name());
+        }
+        assert_eq!(Offloads::default(), Offloads::Kind);
+        assert_eq!(Offloads::from_name("on"), None);
+    }
 }

@@ -1,11 +1,108 @@
-//! The lab's fabric without agents: pods reach each other across nodes over TCP and UDP, and
-//! building and removing the lab leaves the root namespace as it was.
+//! The lab's fabric without agents: pods reach each other across nodes over TCP and UDP, the
+//! nodes are set up as Kind's are (veth offloads, kindnet's masquerade, pods in pod cgroups),
+//! and building and removing the lab leaves the root namespace as it was.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use lb_lab::{lab_lock, netns, root_or_skip, Binaries, Lab, ProbeError, UpOptions, ECHO_PORT};
+use lb_lab::state::StateDir;
+use lb_lab::{
+    lab_lock, netns, process, root_or_skip, Binaries, Lab, Offloads, ProbeError, UpOptions,
+    ECHO_PORT,
+};
+
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+
+/// `args` in namespace `ns` (and its cgroup), which must succeed; its stdout.
+fn run_in(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    let out = lab.exec(ns, args).expect("command runs");
+    assert!(out.status.success(), "{args:?} in {ns}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each node as Kind leaves it: `eth0` with the veth defaults and kindnet's masquerade in the
+/// nat table, nothing more.
+fn check_nodes_are_set_up_as_kind_does(lab: &Lab) {
+    assert_eq!(lab.offloads(), Offloads::Kind);
+    for node in lab.nodes() {
+        let features = run_in(lab, &node.ns, &["ethtool", "-k", "eth0"]);
+        for on in ["tx-checksumming: on", "tx-tcp-segmentation: on"] {
+            assert!(
+                features.lines().any(|l| l.trim() == on),
+                "{}: no `{on}` in\n{features}",
+                node.name
+            );
+        }
+        let nat = run_in(lab, &node.ns, &["iptables-save", "-t", "nat"]);
+        let rules: Vec<&str> = nat.lines().filter(|l| l.starts_with("-A ")).collect();
+        assert_eq!(rules.len(), 3, "{}: {nat}", node.name);
+        assert!(
+            rules[0].starts_with("-A POSTROUTING -m addrtype ! --dst-type LOCAL ")
+                && rules[0].ends_with("-j KIND-MASQ-AGENT"),
+            "{}: {nat}",
+            node.name
+        );
+        assert!(
+            rules[1].starts_with("-A KIND-MASQ-AGENT -d 10.244.0.0/16 ")
+                && rules[1].ends_with("-j RETURN"),
+            "{}: {nat}",
+            node.name
+        );
+        assert!(
+            rules[2].starts_with("-A KIND-MASQ-AGENT ") && rules[2].ends_with("-j MASQUERADE"),
+            "{}: {nat}",
+            node.name
+        );
+    }
+}
+
+/// Every echo server runs in its pod's cgroup, and so does a command run in a pod's namespace.
+fn check_pods_run_in_pod_cgroups(lab: &Lab) {
+    let state = StateDir::new(lab.state_dir());
+    for pod in lab.pods() {
+        let dir = lab.pod_cgroup(&pod.name).unwrap();
+        let echo = process::read_pid_file(&state.echo_pid(&pod.name))
+            .unwrap()
+            .expect("echo server recorded");
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.split_whitespace().any(|p| p == echo.pid.to_string()),
+            "echo server {} of {} not in {}: {procs:?}",
+            echo.pid,
+            pod.name,
+            dir.display()
+        );
+    }
+    let seen = run_in(lab, "worker-client", &["cat", "/proc/self/cgroup"]);
+    assert!(
+        seen.lines()
+            .any(|l| l == "0::/lbk-worker/kubepods/worker-client"),
+        "{seen}"
+    );
+}
+
+/// A pod's connection to the host leaves its node masqueraded (kindnet); the host sees the
+/// node's address.
+fn check_kindnet_masquerades_what_leaves_the_pod_subnet(lab: &Lab) {
+    let listener = netns::run_in("lbk-host", || TcpListener::bind((HOST_IP, 0)))
+        .unwrap()
+        .unwrap();
+    let to = listener.local_addr().unwrap();
+    let client = lab.pod("worker-client").unwrap();
+    let _stream = netns::run_in(&client.ns, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2))
+    })
+    .unwrap()
+    .expect("worker-client reaches the host");
+    let (_, seen) = listener.accept().unwrap();
+    assert_eq!(
+        seen.ip(),
+        lab.node("worker").unwrap().ip,
+        "the host saw {seen}"
+    );
+}
 
 fn root_namespace_snapshot() -> String {
     let run = |args: &[&str]| {
@@ -41,8 +138,12 @@ fn fabric_carries_pod_traffic_across_nodes_and_leaves_the_root_namespace_alone()
 
     let at = |pod: &str| SocketAddr::from((lab.pod(pod).unwrap().ip, ECHO_PORT));
 
+    check_nodes_are_set_up_as_kind_does(&lab);
+    check_pods_run_in_pod_cgroups(&lab);
+    check_kindnet_masquerades_what_leaves_the_pod_subnet(&lab);
+
     // Across nodes, TCP: the answer names the pod, and the server sees the client's own IP
-    // (no NAT anywhere in the fabric).
+    // (kindnet never masquerades towards the pod subnet).
     let name = lab
         .probe_tcp("worker-client", at("control-plane-echo-1"), "/hostname")
         .unwrap();
@@ -111,7 +212,13 @@ fn fabric_carries_pod_traffic_across_nodes_and_leaves_the_root_namespace_alone()
         assert!(out.status.success(), "host cannot ping worker2: {out:?}");
     }
 
+    let pod_cgroup = lab.pod_cgroup("worker-echo-1").unwrap();
     let report = lab.down().expect("lab comes down");
+    // Pods' cgroups before their node's: 9 pods, 3 kubepods, 3 nodes.
+    assert_eq!(report.cgroups.len(), 15, "{report}");
+    let at_of = |dir: &Path| report.cgroups.iter().position(|c| c == dir).unwrap();
+    assert!(at_of(&pod_cgroup) < at_of(pod_cgroup.parent().unwrap()));
+    assert!(!pod_cgroup.exists());
     assert_eq!(report.namespaces.len(), 14, "{report}");
     assert!(report.strangers.is_empty(), "{report}");
     assert!(netns::list_lab().unwrap().is_empty());

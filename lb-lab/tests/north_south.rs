@@ -1,7 +1,9 @@
 //! North-south traffic in the lab, end to end: the host namespace (`lbk-host`, 172.18.0.1) is
 //! the external client and reaches LoadBalancer IPs, external IPs, NodePorts and ClusterIPs
 //! through routes to a chosen node, as in Kind; pods and the nodes' own processes (run in each
-//! node's cgroup, under the socket-level LB) are the internal clients.
+//! node's cgroup, under the socket-level LB) are the internal clients. Pods are probed
+//! in-process (a thread in no lab cgroup, so the tc programs translate) and, in one
+//! scenario, by a process in the pod's cgroup (the socket-level LB translates, as in Kind).
 //!
 //! One lab serves every scenario; each scenario has services of its own. The host's routes
 //! are set up once, before the scenarios run.
@@ -15,7 +17,7 @@ use std::{
 use lb_lab::{
     probe::{ProbeError, ProbeRequest},
     scenarios::{Failed, Scenario},
-    Binaries, Lab, UpOptions,
+    Binaries, Lab, Offloads, UpOptions,
 };
 use serde_json::Value;
 
@@ -233,12 +235,13 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> Result
     }
 }
 
-/// Who makes a request: a namespace probed in-process (the host, a pod), or a process of a
-/// node (in its cgroup).
+/// Who makes a request: a namespace probed in-process (the host, a pod: no socket LB sees
+/// it), a process of a node (in its cgroup) or a process of a pod (in its pod cgroup).
 #[derive(Clone, Copy)]
 enum From<'a> {
     Ns(&'a str),
     Node(&'a str),
+    PodProcess(&'a str),
 }
 
 impl std::fmt::Display for From<'_> {
@@ -246,6 +249,7 @@ impl std::fmt::Display for From<'_> {
         match self {
             From::Ns(ns) => write!(f, "{ns}"),
             From::Node(node) => write!(f, "a process of node {node}"),
+            From::PodProcess(pod) => write!(f, "a process of pod {pod}"),
         }
     }
 }
@@ -254,6 +258,7 @@ fn request(lab: &Lab, from: From, req: &ProbeRequest) -> Result<String, ProbeErr
     match from {
         From::Ns(ns) => lab.probe(ns, req),
         From::Node(node) => lab.probe_from_node(node, req),
+        From::PodProcess(pod) => lab.probe_from_pod_process(pod, req),
     }
 }
 
@@ -343,18 +348,8 @@ fn check_refused(lab: &Lab, from: From, req: &ProbeRequest) -> Result<(), String
 
 /// Datapath counter `reason` on node `node` (`lbctl stats`), summed over its groups.
 fn counter(lab: &Lab, node: &str, reason: &str) -> Result<u64, String> {
-    let out = lab
-        .lbctl(node, &["stats", "-o", "json"])
-        .map_err(|e| format!("{e:#}"))?;
-    let stats: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-    Ok(stats["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["reasons"].as_array().cloned().unwrap_or_default())
-        .filter(|r| r["reason"] == reason)
-        .filter_map(|r| r["packets"].as_u64())
-        .sum())
+    lab.datapath_counter(node, reason)
+        .map_err(|e| format!("{e:#}"))
 }
 
 const HOST: From = From::Ns("lbk-host");
@@ -636,6 +631,40 @@ fn getpeername_shows_the_service_address(lab: &Lab) -> Result<(), Failed> {
     Ok(())
 }
 
+fn pod_processes_are_under_their_nodes_socket_lb(lab: &Lab) -> Result<(), Failed> {
+    // As in Kind, where the agent's cgroup programs sit at the node's cgroup root and kubelet
+    // puts pods below it: a pod's own process (not an in-process probe thread) is translated
+    // at connect()/sendmsg(), so its packets leave the pod already addressed to the backend.
+    let pod = "worker2-client";
+    let me = From::PodProcess(pod);
+    let before = counter(lab, "worker2", "sock_translated")?;
+    check_served_by(lab, me, at(CLUSTER_SVC, 80), Some("worker"))?;
+    for req in [
+        ProbeRequest::tcp(at(CLUSTER_SVC, 80), "/hostname"),
+        ProbeRequest::udp(at(CLUSTER_SVC, 80), "hostname"),
+    ] {
+        let (peer, by) = lab
+            .probe_peer_from_pod_process(pod, &req)
+            .map_err(|e| format!("{me} -> {}: {e}", req.addr))?;
+        println!("{me} -> {}: answered by {by}, getpeername {peer}", req.addr);
+        if peer != req.addr {
+            return Err(format!("getpeername after connecting to {} gave {peer}", req.addr).into());
+        }
+    }
+    let after = counter(lab, "worker2", "sock_translated")?;
+    println!("worker2 sock_translated: {before} -> {after}");
+    if after < before + 4 {
+        return Err(format!(
+            "worker2 translated {} of the pod process's 4 sockets ({before} -> {after})",
+            after - before
+        )
+        .into());
+    }
+    // Inside the cluster: the backend sees the pod's own address.
+    let ip = lab.pod(pod).expect("client pod").ip;
+    check_client_ip(lab, me, at(CLUSTER_SVC, 80), ip)
+}
+
 fn xdp_runs_on_every_uplink(lab: &Lab) -> Result<(), Failed> {
     for node in lab.nodes() {
         let stats: Value = serde_json::from_str(&lab.lbctl(&node.name, &["stats", "-o", "json"])?)?;
@@ -652,18 +681,76 @@ fn xdp_runs_on_every_uplink(lab: &Lab) -> Result<(), Failed> {
         }
     }
     // ETP=Cluster through worker2 to pods on worker goes straight back out of worker2's
-    // uplink: XDP finishes it.
+    // uplink: XDP can finish it, but only for packets whose checksum is complete. The host
+    // is a sender on this machine, as the Docker host is for Kind's nodes: with the veth
+    // defaults (tx checksum offload on) its packets are CHECKSUM_PARTIAL, and lb_xdp leaves
+    // those to tc (pass_csum_partial), which finishes them just as well.
+    let to = at(CLUSTER_LB_VIA_OTHER, 80);
+    if lab.offloads() == Offloads::Kind {
+        let before = counter(lab, "worker2", "pass_csum_partial")?;
+        check_served_by(lab, HOST, to, Some("worker"))?;
+        let after = counter(lab, "worker2", "pass_csum_partial")?;
+        println!("worker2 pass_csum_partial (the host's own packets): {before} -> {after}");
+        if after <= before {
+            return Err(format!(
+                "worker2's lb_xdp passed none of the host's CHECKSUM_PARTIAL packets to tc \
+                 ({before} -> {after})"
+            )
+            .into());
+        }
+    }
+    // A client beyond a NIC hands the node full checksums: the host stands for one by
+    // computing its own (tx off on its eth0, given back afterwards); the nodes keep theirs.
+    let _full = FullChecksumsFromHost::set(lab, lab.offloads())?;
     let before = counter(lab, "worker2", "xdp_tx")?;
-    check_served_by(lab, HOST, at(CLUSTER_LB_VIA_OTHER, 80), Some("worker"))?;
+    check_served_by(lab, HOST, to, Some("worker"))?;
     let after = counter(lab, "worker2", "xdp_tx")?;
-    println!("worker2 xdp_tx: {before} -> {after}");
+    println!("worker2 xdp_tx (full checksums from the host): {before} -> {after}");
     if after <= before {
         return Err(format!("worker2 counted no xdp_tx ({before} -> {after})").into());
     }
     Ok(())
 }
 
-const SCENARIOS: [(&str, Scenario); 17] = [
+/// Transmit checksum offload off on the host's `eth0` while it lives, so that the host sends
+/// complete checksums as a client beyond a NIC would; back to the veth default when dropped.
+/// A no-op on a lab brought up with `--offloads off`, where that is the host's setting.
+struct FullChecksumsFromHost<'a>(Option<&'a Lab>);
+
+impl<'a> FullChecksumsFromHost<'a> {
+    fn set(lab: &'a Lab, offloads: Offloads) -> Result<Self, Failed> {
+        if offloads == Offloads::Off {
+            return Ok(Self(None));
+        }
+        host_tx_checksums(lab, "off")?;
+        Ok(Self(Some(lab)))
+    }
+}
+
+impl Drop for FullChecksumsFromHost<'_> {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0 {
+            if let Err(e) = host_tx_checksums(lab, "on") {
+                eprintln!("giving the host back its tx checksum offload: {e:?}");
+            }
+        }
+    }
+}
+
+/// `ethtool -K eth0 tx <on|off>` in the host's namespace.
+fn host_tx_checksums(lab: &Lab, state: &str) -> Result<(), Failed> {
+    let out = lab.exec("lbk-host", &["ethtool", "-K", "eth0", "tx", state])?;
+    if !out.status.success() {
+        return Err(format!(
+            "ethtool -K eth0 tx {state} in lbk-host: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+const SCENARIOS: [(&str, Scenario); 18] = [
     (
         "seed_local_lb_via_the_pods_node_keeps_the_client_ip",
         seed_local_lb_via_the_pods_node_keeps_the_client_ip,
@@ -724,6 +811,10 @@ const SCENARIOS: [(&str, Scenario); 17] = [
     (
         "getpeername_shows_the_service_address",
         getpeername_shows_the_service_address,
+    ),
+    (
+        "pod_processes_are_under_their_nodes_socket_lb",
+        pod_processes_are_under_their_nodes_socket_lb,
     ),
     ("xdp_runs_on_every_uplink", xdp_runs_on_every_uplink),
 ];

@@ -69,6 +69,12 @@ const INHERITED: [&str; 9] = [
     "RUSTFLAGS",
 ];
 
+/// The flags the eBPF object is built with. The CPU stays LLVM's generic one: `-Ctarget-cpu=v3`
+/// (which rustc hands on to bpf-linker) makes LLVM 22 emit spills of unset registers that
+/// the verifier refuses. The compare-and-exchange in lb-ebpf/src/atomic.rs assembles there
+/// too, and kernels since 5.12 run it.
+pub const EBPF_RUSTFLAGS: &str = "-Cdebuginfo=2 -Clink-arg=--btf";
+
 pub fn ebpf_object_path(workspace: &Path) -> PathBuf {
     workspace.join("target/ebpf/bpfel-unknown-none/release/lb-ebpf")
 }
@@ -95,7 +101,7 @@ pub fn run_build(args: &BuildArgs) -> Result<Artifacts> {
         cmd.env_remove(var);
     }
     // BTF in the object lets the kernel check map types and lets bpftool show them.
-    cmd.env("RUSTFLAGS", "-Cdebuginfo=2 -Clink-arg=--btf");
+    cmd.env("RUSTFLAGS", EBPF_RUSTFLAGS);
     cmd.envs(tc.env.iter().map(|(k, v)| (k, v)));
     if let Some(linker) = toolchain::bpf_linker() {
         let dir = linker.parent().expect("file has a parent").to_path_buf();

@@ -33,8 +33,8 @@ const LLVM_FOR_LINKER: [&str; 4] = [
     "zlib1g-dev",
 ];
 /// What the lab, its tests and the benchmarks run: namespaces and links (iproute2), offloads
-/// (ethtool, so that XDP_TX and checksums behave on veths), the kube-proxy baselines
-/// (iptables, nftables) and the throughput client (iperf3).
+/// (ethtool: GRO for XDP_TX on veths, `--offloads off`), kindnet's masquerade on every node
+/// and the kube-proxy baselines (iptables, nftables), and the throughput client (iperf3).
 const LAB_TOOLS: [&str; 5] = ["iproute2", "ethtool", "iptables", "nftables", "iperf3"];
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library";
 const DEBIAN_LINK: &str = "debian-bpf";
@@ -125,7 +125,7 @@ fn debian_toolchain() -> Result<EbpfToolchain> {
 /// # Errors
 /// If a tool is missing and cannot be installed as root.
 pub fn ensure_lab_tools() -> Result<()> {
-    let why = "the lab's tools: ip, ethtool, iptables, nft, iperf3";
+    let why = "the lab's tools: ip, ethtool, iptables (kindnet's masquerade), nft, iperf3";
     if unsafe_geteuid() != 0 {
         let missing: Vec<&str> = LAB_TOOLS
             .into_iter()

@@ -441,7 +441,7 @@ mod tests {
         std::thread::spawn(move || {
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare netns");
             let mut ebpf =
-                loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off).expect("load");
+                loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off, &[]).expect("load");
             let mut attacher = Attacher::new("lbt");
 
             ip("link add lbt0 type veth peer name peer0");
@@ -518,7 +518,7 @@ mod tests {
         std::thread::spawn(move || {
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare netns");
             let load =
-                || loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off).expect("load");
+                || loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off, &[]).expect("load");
             ip("link add lbp0 type veth peer name peerp0");
 
             let mut ebpf = load();

@@ -116,7 +116,7 @@ impl NodeAttacher {
 
     fn attach_uplink(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<(), AttachError> {
         if let Some(adopted) = self.tc.ensure(ebpf, iface)? {
-            info!(%iface, adopted, "lb_from_net attached to the uplink (tcx ingress)");
+            info!(%iface, adopted, "lb_from_net and lb_to_net attached to the uplink (tcx ingress and egress)");
         }
         if let Some((mode, adopted)) = self.xdp.ensure(ebpf, iface)? {
             info!(%iface, mode = mode.name(), adopted, "lb_xdp attached to the uplink");
@@ -221,7 +221,7 @@ mod tests {
                 cgroup_path: Some(cgroup_path.clone()),
             };
             let load =
-                || loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off).expect("load");
+                || loader::load(&Object::Embedded, &pin_dir, BpfLogLevel::Off, &[]).expect("load");
             let node_ip = [Ipv4Addr::new(192, 0, 2, 10)];
 
             let mut ebpf = load();

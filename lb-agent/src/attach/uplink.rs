@@ -1,9 +1,12 @@
-//! The node's uplink: which interface it is, and `lb_from_net` on its ingress with tcx
-//! (what reaches the node from outside: NodePorts, external and LoadBalancer addresses,
-//! replies to masqueraded flows).
+//! The node's uplink: which interface it is, and two tcx programs on it:
+//! - `lb_from_net` on its ingress: what reaches the node from outside (NodePorts, external
+//!   and LoadBalancer addresses, replies to masqueraded flows);
+//! - `lb_to_net` on its egress: what the node's own stack sends out, i.e. the replies of a
+//!   backend that is the node itself (a hostNetwork pod), translated back to the service.
 //!
-//! Pinned as `<links>/uplink/<iface>` and adopted by the next agent with BPF_LINK_UPDATE,
-//! like the pod links, so a restart or upgrade leaves no gap.
+//! Pinned as `<links>/uplink/<iface>` and `<links>/uplink-egress/<iface>` and adopted by the
+//! next agent with BPF_LINK_UPDATE, like the pod links, so a restart or upgrade leaves no
+//! gap.
 
 use std::{
     net::Ipv4Addr,
@@ -18,10 +21,18 @@ use nix::net::if_::if_nametoindex;
 use tracing::debug;
 
 use super::{adopt, attach_one, iface_of_pin, pin_err, pin_name, release_one, AttachError, Held};
-use crate::loader::FROM_NET;
+use crate::loader::{FROM_NET, TO_NET};
 
-/// Subdirectory of the links directory for the uplink's tc link.
+/// Subdirectory of the links directory for the uplink's ingress link.
 pub const DIR: &str = "uplink";
+/// Subdirectory of the links directory for the uplink's egress link.
+pub const EGRESS_DIR: &str = "uplink-egress";
+
+/// The uplink's programs: (program, hook, pin subdirectory).
+const LINKS: [(&str, TcAttachType, &str); 2] = [
+    (FROM_NET, TcAttachType::Ingress, DIR),
+    (TO_NET, TcAttachType::Egress, EGRESS_DIR),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -79,21 +90,27 @@ pub(crate) fn ensure_loaded(ebpf: &mut Ebpf, name: &'static str) -> Result<(), A
     Ok(())
 }
 
-/// `lb_from_net` on the uplink's ingress.
+/// `lb_from_net` on the uplink's ingress and `lb_to_net` on its egress.
 pub struct UplinkTc {
-    dir: PathBuf,
-    current: Option<(String, u32, Held)>,
+    links_dir: PathBuf,
+    current: Option<(String, u32, Vec<Held>)>,
 }
 
 impl UplinkTc {
-    /// Links are pinned in `<links_dir>/uplink` (created if missing).
+    /// Links are pinned in `<links_dir>/uplink` and `<links_dir>/uplink-egress` (created if
+    /// missing).
     pub fn new(links_dir: &Path) -> Result<Self, AttachError> {
-        let dir = links_dir.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| AttachError::LinksDir {
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(Self { dir, current: None })
+        for (_, _, sub) in LINKS {
+            let dir = links_dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|source| AttachError::LinksDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            links_dir: links_dir.to_owned(),
+            current: None,
+        })
     }
 
     /// The interface attached to.
@@ -101,8 +118,9 @@ impl UplinkTc {
         self.current.as_ref().map(|(n, _, _)| n.as_str())
     }
 
-    /// Makes `iface` (and no other) carry `lb_from_net`. Returns `Some(adopted)` when it
-    /// attached or adopted just now, `None` when it already was in place.
+    /// Makes `iface` (and no other) carry both programs. Returns `Some(adopted)` when it
+    /// attached or adopted just now (`adopted`: every link was taken over from a previous
+    /// agent), `None` when they already were in place.
     pub fn ensure(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<Option<bool>, AttachError> {
         let ifindex =
             if_nametoindex(iface).map_err(|_| AttachError::UnknownInterface(iface.to_owned()))?;
@@ -112,38 +130,53 @@ impl UplinkTc {
             }
         }
         if let Some((_, _, held)) = self.current.take() {
-            release_one(held);
+            held.into_iter().for_each(release_one);
         }
-        ensure_loaded(ebpf, FROM_NET)?;
-        let path = self.dir.join(pin_name(iface));
-        let mut adopted = false;
-        let held = if path.exists() && adopt(ebpf, FROM_NET, &path).is_ok() {
-            adopted = true;
-            Held::Pinned(
-                aya::programs::links::PinnedLink::from_pin(&path)
-                    .map_err(|e| pin_err(FROM_NET, iface, &path, e))?,
-            )
-        } else {
-            if path.exists() {
-                debug!(path = %path.display(), "replacing a pinned uplink link that cannot be adopted");
-                let _ = std::fs::remove_file(&path);
-            }
-            let link = attach_one(ebpf, FROM_NET, iface, TcAttachType::Ingress)?;
-            let fd_link = FdLink::try_from(link).map_err(|e| pin_err(FROM_NET, iface, &path, e))?;
-            Held::Pinned(
-                fd_link
-                    .pin(&path)
-                    .map_err(|e| pin_err(FROM_NET, iface, &path, e))?,
-            )
-        };
-        self.unpin_others(iface);
+        let mut all_adopted = true;
+        let mut held = Vec::new();
+        for (program, hook, sub) in LINKS {
+            let (link, adopted) = self.ensure_one(ebpf, program, hook, sub, iface)?;
+            all_adopted &= adopted;
+            held.push(link);
+        }
+        for (_, _, sub) in LINKS {
+            self.unpin_others(sub, iface);
+        }
         self.current = Some((iface.to_owned(), ifindex, held));
-        Ok(Some(adopted))
+        Ok(Some(all_adopted))
     }
 
-    /// Removes the pins of any other interface (a previous uplink).
-    fn unpin_others(&self, iface: &str) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+    /// `program` on `iface`'s `hook`, adopted from its pin in `sub` or attached anew.
+    fn ensure_one(
+        &self,
+        ebpf: &mut Ebpf,
+        program: &'static str,
+        hook: TcAttachType,
+        sub: &str,
+        iface: &str,
+    ) -> Result<(Held, bool), AttachError> {
+        ensure_loaded(ebpf, program)?;
+        let path = self.links_dir.join(sub).join(pin_name(iface));
+        if path.exists() && adopt(ebpf, program, &path).is_ok() {
+            let pinned = aya::programs::links::PinnedLink::from_pin(&path)
+                .map_err(|e| pin_err(program, iface, &path, e))?;
+            return Ok((Held::Pinned(pinned), true));
+        }
+        if path.exists() {
+            debug!(path = %path.display(), "replacing a pinned uplink link that cannot be adopted");
+            let _ = std::fs::remove_file(&path);
+        }
+        let link = attach_one(ebpf, program, iface, hook)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(program, iface, &path, e))?;
+        let pinned = fd_link
+            .pin(&path)
+            .map_err(|e| pin_err(program, iface, &path, e))?;
+        Ok((Held::Pinned(pinned), false))
+    }
+
+    /// Removes the pins of any other interface (a previous uplink) in `sub`.
+    fn unpin_others(&self, sub: &str, iface: &str) {
+        let Ok(entries) = std::fs::read_dir(self.links_dir.join(sub)) else {
             return;
         };
         for entry in entries.flatten() {

@@ -16,6 +16,8 @@ pub struct Attachments {
     pub pod_interfaces: usize,
     /// The interface `lb_from_net` runs on.
     pub uplink: Option<String>,
+    /// The interface `lb_to_net` runs on (the uplink's egress).
+    pub uplink_egress: Option<String>,
     /// `native` or `generic`; `None`: no XDP program.
     pub xdp_mode: Option<&'static str>,
     pub xdp_interface: Option<String>,
@@ -40,6 +42,7 @@ pub fn read(pin_dir: &Path) -> Attachments {
     let mut a = Attachments {
         pod_interfaces: names(&links.join("ingress")).len(),
         uplink: names(&links.join(uplink::DIR)).into_iter().next(),
+        uplink_egress: names(&links.join(uplink::EGRESS_DIR)).into_iter().next(),
         socket_programs: names(&links.join(cgroup::DIR)).len(),
         ..Default::default()
     };
@@ -57,7 +60,7 @@ pub fn read(pin_dir: &Path) -> Attachments {
 /// ```text
 /// ATTACHMENTS
 ///   pods:       12 interfaces
-///   uplink:     eth0 (tcx ingress)
+///   uplink:     eth0 (tcx ingress and egress)
 ///   xdp:        native on eth0
 ///   socket LB:  on (4 programs)
 /// ```
@@ -73,9 +76,13 @@ pub fn render(a: &Attachments) -> String {
     format!(
         "ATTACHMENTS\n  pods:       {} interfaces\n  uplink:     {}\n  xdp:        {xdp}\n  socket LB:  {sockets}\n",
         a.pod_interfaces,
-        a.uplink
-            .as_deref()
-            .map_or_else(|| "-".into(), |u| format!("{u} (tcx ingress)")),
+        match (&a.uplink, &a.uplink_egress) {
+            (Some(u), Some(e)) if u == e => format!("{u} (tcx ingress and egress)"),
+            (Some(u), Some(e)) => format!("{u} (tcx ingress), {e} (tcx egress)"),
+            (Some(u), None) => format!("{u} (tcx ingress)"),
+            (None, Some(e)) => format!("{e} (tcx egress)"),
+            (None, None) => "-".into(),
+        },
     )
 }
 
@@ -91,6 +98,7 @@ mod tests {
             ("ingress", "veth1"),
             ("ingress", "veth2"),
             ("uplink", "eth0"),
+            ("uplink-egress", "eth0"),
             ("xdp-generic", "eth0"),
             ("cgroup", "lb_sock_connect4"),
             ("cgroup", "lb_sock_sendmsg4"),
@@ -101,7 +109,7 @@ mod tests {
         let a = read(dir.path());
         assert_eq!(
             render(&a),
-            "ATTACHMENTS\n  pods:       2 interfaces\n  uplink:     eth0 (tcx ingress)\n  xdp:        generic on eth0\n  socket LB:  on (2 programs)\n"
+            "ATTACHMENTS\n  pods:       2 interfaces\n  uplink:     eth0 (tcx ingress and egress)\n  xdp:        generic on eth0\n  socket LB:  on (2 programs)\n"
         );
         let none = read(&dir.path().join("nothing"));
         assert!(render(&none).contains("xdp:        off"));

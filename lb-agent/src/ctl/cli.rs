@@ -81,7 +81,7 @@ pub enum MapsCommand {
     /// Every map decoded: services, frontends, slots, backends, conntrack, affinity,
     /// counters, config.
     Dump {
-        /// Only this map: its pinned name (LB_CT) or alias (conntrack, frontends, slots,
+        /// Only this map: its pinned name (LB_CT4_TCP) or alias (conntrack, frontends, slots,
         /// backends, backend-stats, affinity, services, counters, config).
         #[arg(long)]
         map: Option<MapId>,
@@ -197,7 +197,8 @@ pub fn run(args: Args) -> Result<Outcome, CtlError> {
                 ConntrackCommand::List { filter, output } => (filter, output, false),
                 ConntrackCommand::Flush { filter, output } => (filter, output, true),
             };
-            let snapshot = pinned::read(dir, &[MapId::Conntrack, MapId::ServiceNames])?;
+            let snapshot =
+                pinned::read(dir, &[MapId::Conntrack, MapId::ServiceNames, MapId::Config])?;
             pinned::require(&snapshot, &[MapId::Conntrack])?;
             let filter = FlowFilter::new(filter.service.as_ref(), filter.backend, &snapshot)?;
             if flush {
@@ -267,7 +268,7 @@ mod tests {
 
     #[test]
     fn maps_are_selected_by_name_or_alias() {
-        let args = parse(&["maps", "dump", "--map", "LB_CT", "-o", "json"]).expect("parse");
+        let args = parse(&["maps", "dump", "--map", "LB_CT4_TCP", "-o", "json"]).expect("parse");
         assert!(matches!(
             args.command,
             Command::Maps {

@@ -316,7 +316,7 @@ impl FlowRecord {
             service: snapshot.service_name(entry.service_id).map(str::to_owned),
             backend_id: entry.backend_id,
             state: forward.map(|f| f.state(k.proto).name()),
-            expired: forward.map(|f| f.is_expired(k.proto, now_ns)),
+            expired: forward.map(|f| f.is_expired(k.proto, now_ns, &snapshot.ct_timeouts())),
             seen: forward.map(|f| seen_flags(f.seen)).unwrap_or_default(),
             age_s: now_ns.saturating_sub(entry.created_ns) / 1_000_000_000,
             idle_s: forward.map(|f| now_ns.saturating_sub(f.last_seen_ns) / 1_000_000_000),
@@ -367,7 +367,7 @@ pub fn list_table(snapshot: &Snapshot, filter: &FlowFilter, now_ns: u64) -> Tabl
         let (state, idle) = match flow.forward {
             Some(f) => {
                 let mut state = f.state(k.proto).name().to_owned();
-                if f.is_expired(k.proto, now_ns) {
+                if f.is_expired(k.proto, now_ns, &snapshot.ct_timeouts()) {
                     state.push_str(" (expired)");
                 }
                 (state, human_duration(now_ns.saturating_sub(f.last_seen_ns)))

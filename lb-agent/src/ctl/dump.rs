@@ -89,7 +89,8 @@ impl Section {
             Section::Frontends => &[MapId::Frontends, MapId::ServiceNames],
             Section::Slots => &[MapId::Slots, MapId::Backends],
             Section::Backends => &[MapId::Backends, MapId::BackendStats],
-            Section::Conntrack => &[MapId::Conntrack, MapId::ServiceNames],
+            // The config gives the timeouts that say whether a flow has expired.
+            Section::Conntrack => &[MapId::Conntrack, MapId::ServiceNames, MapId::Config],
             Section::Affinity => &[
                 MapId::Affinity,
                 MapId::ServiceNames,
@@ -273,6 +274,34 @@ pub struct ConfigRecord {
     pub cluster_cidr: Option<String>,
     /// `min-max`.
     pub snat_port_range: String,
+    /// The conntrack timeouts in force, per state, in seconds.
+    pub ct_timeouts_s: TimeoutsRecord,
+}
+
+/// Conntrack timeouts in seconds, the defaults filled in where the agent set none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TimeoutsRecord {
+    pub syn_sent: u64,
+    pub established: u64,
+    pub half_closed: u64,
+    pub closing: u64,
+    pub reset: u64,
+    pub udp: u64,
+}
+
+impl TimeoutsRecord {
+    pub fn new(t: &lb_common::CtTimeouts) -> Self {
+        use lb_common::CtState::*;
+        let s = |state| t.of(state) / 1_000_000_000;
+        Self {
+            syn_sent: s(SynSent),
+            established: s(Established),
+            half_closed: s(HalfClosed),
+            closing: s(Closing),
+            reset: s(Reset),
+            udp: s(Udp),
+        }
+    }
 }
 
 impl ConfigRecord {
@@ -288,6 +317,7 @@ impl ConfigRecord {
                 )
             }),
             snat_port_range: format!("{}-{}", c.snat_port_min, c.snat_port_max),
+            ct_timeouts_s: TimeoutsRecord::new(&c.ct_timeouts),
         }
     }
 }
@@ -407,7 +437,7 @@ pub fn conntrack(s: &Snapshot, now_ns: u64) -> Vec<ConntrackRecord> {
                 service: s.service_name(e.service_id).map(str::to_owned),
                 backend_id: e.backend_id,
                 state: forward.map(|f| f.state(k.proto).name()),
-                expired: forward.map(|f| f.is_expired(k.proto, now_ns)),
+                expired: forward.map(|f| f.is_expired(k.proto, now_ns, &s.ct_timeouts())),
                 seen: forward.map(|f| seen_flags(f.seen)).unwrap_or_default(),
                 age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
                 idle_s: forward.map(|f| now_ns.saturating_sub(f.last_seen_ns) / 1_000_000_000),
@@ -716,6 +746,14 @@ fn config_table(config: Option<&ConfigRecord>) -> Table {
                 .unwrap_or_else(|| "- (unknown)".into()),
         ]);
         t.row(vec!["snat_port_range".into(), c.snat_port_range.clone()]);
+        let ct = &c.ct_timeouts_s;
+        t.row(vec![
+            "ct_timeouts".into(),
+            format!(
+                "syn_sent {}s, established {}s, half_closed {}s, closing {}s, reset {}s, udp {}s",
+                ct.syn_sent, ct.established, ct.half_closed, ct.closing, ct.reset, ct.udp
+            ),
+        ]);
     }
     t
 }
@@ -794,7 +832,7 @@ SOURCE RANGES (0)
 SOCKETS (0)
   (none)
 
-COUNTERS (20)
+COUNTERS (28)
 REASON                 KIND        PACKETS
 new_flow               translated  5
 established_flow       translated  0
@@ -816,13 +854,22 @@ xdp_tx                 translated  0
 pass_to_tc             passed      0
 sock_translated        translated  0
 xdp_redirect           translated  0
+drop_ct_full           dropped     0
+port_remapped          translated  0
+ct_repaired            translated  0
+pass_csum_partial      passed      0
+pass_frag_unknown      passed      0
+drop_ttl_exceeded      dropped     0
+reject_frag_needed     rejected    0
+pass_mtu               passed      0
 
-CONFIG (4)
+CONFIG (5)
 SETTING          VALUE
 hash_seed        0x00005eed
 node_addr        172.18.0.3
 cluster_cidr     10.244.0.0/16
 snat_port_range  61000-65535
+ct_timeouts      syn_sent 60s, established 86400s, half_closed 3600s, closing 10s, reset 10s, udp 60s
 ";
         assert_eq!(out, expected);
     }
@@ -877,7 +924,9 @@ AFFINITY
                      "flags": ["ClusterIP"], "affinity_timeout_s": 10800},
                 ],
                 "config": {"hash_seed": 0x5eed, "node_addr": "172.18.0.3",
-                           "cluster_cidr": "10.244.0.0/16", "snat_port_range": "61000-65535"},
+                           "cluster_cidr": "10.244.0.0/16", "snat_port_range": "61000-65535",
+                    "ct_timeouts_s": {"syn_sent": 60, "established": 86400, "half_closed": 3600,
+                                      "closing": 10, "reset": 10, "udp": 60}},
                 "unavailable": [],
             })
         );

@@ -24,10 +24,12 @@ pub fn frontend_flags(flags: u16) -> Vec<&'static str> {
     frontend::flags::names(flags).collect()
 }
 
-/// The backend's flags: `local` (on this node) and `terminating`.
+/// The backend's flags: `local` (on this node), `host` (at this node's own address) and
+/// `terminating`.
 pub fn backend_flags(flags: u8) -> Vec<&'static str> {
     [
         (backend::flags::LOCAL, "local"),
+        (backend::flags::HOST, "host"),
         (backend::flags::TERMINATING, "terminating"),
     ]
     .into_iter()
@@ -41,6 +43,7 @@ pub fn backend_flags(flags: u8) -> Vec<&'static str> {
 pub fn backend_flag_bit(name: &str) -> Option<u8> {
     match name {
         "local" => Some(backend::flags::LOCAL),
+        "host" => Some(backend::flags::HOST),
         "terminating" => Some(backend::flags::TERMINATING),
         _ => None,
     }

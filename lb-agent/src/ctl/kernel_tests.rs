@@ -39,8 +39,11 @@ fn pinned_maps(test: &str) -> PinDir {
             .load(object)
             .expect("load the embedded eBPF object");
     }
-    for map in MapId::ALL {
-        let path = pins.path().join(map.pinned_name());
+    for (map, name) in MapId::ALL
+        .into_iter()
+        .flat_map(|m| m.pinned_names().iter().map(move |n| (m, *n)))
+    {
+        let path = pins.path().join(name);
         if path.exists() {
             continue;
         }
@@ -87,8 +90,20 @@ fn open<T: TryFrom<Map>>(dir: &Path, map: MapId) -> T
 where
     T::Error: std::fmt::Debug,
 {
-    let data = MapData::from_pin(dir.join(map.pinned_name())).expect("open pinned map");
+    open_named(dir, map.pinned_names()[0])
+}
+
+fn open_named<T: TryFrom<Map>>(dir: &Path, name: &str) -> T
+where
+    T::Error: std::fmt::Debug,
+{
+    let data = MapData::from_pin(dir.join(name)).expect("open pinned map");
     T::try_from(Map::from_map_data(data).expect("map")).expect("typed map")
+}
+
+/// The conntrack table that holds `key`.
+fn ct_table(dir: &Path, key: &CtKey) -> HashMap<MapData, CtKey, CtEntry> {
+    open_named(dir, lb_common::maps::conntrack_table(key.proto))
 }
 
 /// Writes `s` into the pinned maps, its timestamps moved so that "now" in the fixture is
@@ -116,12 +131,11 @@ fn write(dir: &Path, s: &Snapshot) {
     for (k, v) in &s.backend_stats {
         stats.set(*k, v, 0).expect("set");
     }
-    let mut ct: HashMap<MapData, CtKey, CtEntry> = open(dir, MapId::Conntrack);
     for (k, v) in &s.conntrack {
         let mut e = *v;
         e.created_ns += shift;
         e.last_seen_ns += shift;
-        ct.insert(k, e, 0).expect("insert");
+        ct_table(dir, k).insert(k, e, 0).expect("insert");
     }
     let mut affinity: HashMap<MapData, AffinityKey, AffinityEntry> = open(dir, MapId::Affinity);
     for (k, v) in &s.affinity {
@@ -173,8 +187,13 @@ fn json(dir: &Path, args: &[&str]) -> Value {
 }
 
 fn conntrack_entries(dir: &Path) -> Vec<(CtKey, CtEntry)> {
-    let ct: HashMap<MapData, CtKey, CtEntry> = open(dir, MapId::Conntrack);
-    ct.iter().collect::<Result<_, _>>().expect("iterate")
+    lb_common::maps::CONNTRACK
+        .iter()
+        .flat_map(|name| {
+            let ct: HashMap<MapData, CtKey, CtEntry> = open_named(dir, name);
+            ct.iter().collect::<Result<Vec<_>, _>>().expect("iterate")
+        })
+        .collect()
 }
 
 #[test]
@@ -219,7 +238,7 @@ fn the_dump_reads_every_pinned_map_back() {
         t.contains("10.96.0.53:53/UDP  external  2        kube-system/dns:dns"),
         "{t}"
     );
-    let t = ok(pins.path(), &["maps", "dump", "--map", "LB_CT"]);
+    let t = ok(pins.path(), &["maps", "dump", "--map", "LB_CT4_ANY"]);
     assert!(t.starts_with("CONNTRACK (3)\n"), "{t}");
 }
 

@@ -37,7 +37,25 @@ impl MapId {
         MapId::SockRev,
     ];
 
-    /// The name the map is pinned under (`<pin-dir>/<name>`).
+    /// The names the map is pinned under (`<pin-dir>/<name>`): one, but for conntrack,
+    /// whose TCP and other flows live in two tables that lbctl shows as one.
+    pub const fn pinned_names(self) -> &'static [&'static str] {
+        match self {
+            MapId::Conntrack => &names::CONNTRACK,
+            MapId::ServiceNames => &[names::SERVICE_NAMES],
+            MapId::Frontends => &[names::FRONTENDS],
+            MapId::Slots => &[names::BACKEND_SLOTS],
+            MapId::Backends => &[names::BACKENDS],
+            MapId::BackendStats => &[names::BACKEND_STATS],
+            MapId::Affinity => &[names::AFFINITY],
+            MapId::Counters => &[names::COUNTERS],
+            MapId::Config => &[names::CONFIG],
+            MapId::SourceRanges => &[names::SOURCE_RANGES],
+            MapId::SockRev => &[names::SOCK_REV],
+        }
+    }
+
+    /// How the map is named in messages: its pinned name, or names joined by `+`.
     pub const fn pinned_name(self) -> &'static str {
         match self {
             MapId::ServiceNames => names::SERVICE_NAMES,
@@ -45,7 +63,7 @@ impl MapId {
             MapId::Slots => names::BACKEND_SLOTS,
             MapId::Backends => names::BACKENDS,
             MapId::BackendStats => names::BACKEND_STATS,
-            MapId::Conntrack => names::CONNTRACK,
+            MapId::Conntrack => "LB_CT4_TCP+LB_CT4_ANY",
             MapId::Affinity => names::AFFINITY,
             MapId::Counters => names::COUNTERS,
             MapId::Config => names::CONFIG,
@@ -88,12 +106,12 @@ pub struct UnknownMap {
 impl FromStr for MapId {
     type Err = UnknownMap;
 
-    /// A pinned name (`LB_CT`) or an alias (`conntrack`), in any case.
+    /// A pinned name (`LB_CT4_TCP`) or an alias (`conntrack`), in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         MapId::ALL
             .into_iter()
             .find(|m| {
-                m.pinned_name().eq_ignore_ascii_case(s)
+                m.pinned_names().iter().any(|n| n.eq_ignore_ascii_case(s))
                     || m.aliases().iter().any(|a| a.eq_ignore_ascii_case(s))
             })
             .ok_or_else(|| UnknownMap {
@@ -113,8 +131,8 @@ mod tests {
 
     #[test]
     fn maps_are_found_by_pinned_name_or_alias_in_any_case() {
-        assert_eq!("LB_CT".parse(), Ok(MapId::Conntrack));
-        assert_eq!("lb_ct".parse(), Ok(MapId::Conntrack));
+        assert_eq!("LB_CT4_TCP".parse(), Ok(MapId::Conntrack));
+        assert_eq!("lb_ct4_any".parse(), Ok(MapId::Conntrack));
         assert_eq!("conntrack".parse(), Ok(MapId::Conntrack));
         assert_eq!("Frontends".parse(), Ok(MapId::Frontends));
         assert_eq!("LB_BE_STATS".parse(), Ok(MapId::BackendStats));
@@ -125,7 +143,7 @@ mod tests {
     fn an_unknown_map_lists_the_known_ones() {
         let e = "routes".parse::<MapId>().unwrap_err().to_string();
         assert!(e.starts_with("unknown map \"routes\"; known maps: services (LB_SVC_NAMES)"));
-        assert!(e.contains("conntrack (LB_CT)"), "{e}");
+        assert!(e.contains("conntrack (LB_CT4_TCP+LB_CT4_ANY)"), "{e}");
     }
 
     #[test]
@@ -133,18 +151,27 @@ mod tests {
         let mut all: Vec<String> = MapId::ALL
             .iter()
             .flat_map(|m| {
-                std::iter::once(m.pinned_name())
-                    .chain(m.aliases().iter().copied())
-                    .map(str::to_ascii_lowercase)
+                m.pinned_names()
+                    .iter()
+                    .chain(m.aliases())
+                    .map(|n| n.to_ascii_lowercase())
             })
             .collect();
         let count = all.len();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), count);
-        // Every map the agent pins, and only those.
-        let mut pinned: Vec<_> = MapId::ALL.iter().map(|m| m.pinned_name()).collect();
-        let mut agent = lb_common::maps::ALL.to_vec();
+        // Every map the agent pins, and only those, but the fragment records (a datagram's
+        // ports for a few milliseconds: nothing an operator can act on).
+        let mut pinned: Vec<_> = MapId::ALL
+            .iter()
+            .flat_map(|m| m.pinned_names())
+            .copied()
+            .collect();
+        let mut agent: Vec<_> = lb_common::maps::ALL
+            .into_iter()
+            .filter(|m| *m != lb_common::maps::FRAGMENTS)
+            .collect();
         pinned.sort();
         agent.sort();
         assert_eq!(pinned, agent);

@@ -25,8 +25,8 @@ use crate::error_chain::error_chain;
 
 /// Iterating a hash map that the datapath changes at the same time can restart from the
 /// first key when the current one is deleted underneath; this bounds a walk to a few passes
-/// over a full conntrack table.
-const WALK_LIMIT: usize = 4 * names::CONNTRACK_MAX as usize;
+/// over the largest conntrack table there can be.
+const WALK_LIMIT: usize = 4 * names::CONNTRACK_LIMIT as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {
@@ -78,13 +78,17 @@ pub fn require(snapshot: &Snapshot, maps: &[MapId]) -> Result<(), PinnedError> {
     }
 }
 
-/// The conntrack map, open for deleting entries.
-pub struct ConntrackMap(HashMap<MapData, CtKey, CtEntry>);
+/// The conntrack tables (TCP, then the other protocols), open for deleting entries.
+pub struct ConntrackMap([HashMap<MapData, CtKey, CtEntry>; 2]);
 
 impl ConntrackMap {
     pub fn open(dir: &Path) -> Result<Self, PinnedError> {
         ensure_pinned(dir)?;
-        open(dir, MapId::Conntrack).map(Self)
+        let [tcp, any] = names::CONNTRACK;
+        Ok(Self([
+            open_named(dir, MapId::Conntrack, tcp)?,
+            open_named(dir, MapId::Conntrack, any)?,
+        ]))
     }
 }
 
@@ -97,7 +101,8 @@ pub trait DeleteConntrack {
 
 impl DeleteConntrack for ConntrackMap {
     fn delete(&mut self, key: &CtKey) -> Result<bool, PinnedError> {
-        match self.0.remove(key) {
+        let table = &mut self.0[usize::from(key.proto != lb_common::proto::TCP)];
+        match table.remove(key) {
             Ok(()) => Ok(true),
             // The datapath may have evicted it since it was listed: gone is gone.
             Err(e) if is_absent(&e) => Ok(false),
@@ -116,7 +121,8 @@ fn ensure_pinned(dir: &Path) -> Result<(), PinnedError> {
     }
     if MapId::ALL
         .iter()
-        .any(|m| dir.join(m.pinned_name()).exists())
+        .flat_map(|m| m.pinned_names())
+        .any(|name| dir.join(name).exists())
     {
         Ok(())
     } else {
@@ -126,7 +132,16 @@ fn ensure_pinned(dir: &Path) -> Result<(), PinnedError> {
 
 /// The map pinned as `dir/<name>`, viewed as the typed map it must be.
 fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, map: MapId) -> Result<T, PinnedError> {
-    let path = dir.join(map.pinned_name());
+    open_named(dir, map, map.pinned_names()[0])
+}
+
+/// [`open`] for one of the names `map` is pinned under.
+fn open_named<T: TryFrom<Map, Error = MapError>>(
+    dir: &Path,
+    map: MapId,
+    name: &str,
+) -> Result<T, PinnedError> {
+    let path = dir.join(name);
     let data = MapData::from_pin(&path)
         .and_then(Map::from_map_data)
         .map_err(|source| PinnedError::Open { path, source })?;
@@ -135,9 +150,11 @@ fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, map: MapId) -> Result<T, 
 
 /// Fills `snapshot`'s part for `map`.
 fn read_one(dir: &Path, map: MapId, snapshot: &mut Snapshot) -> Result<(), PinnedError> {
-    let path = dir.join(map.pinned_name());
-    if !path.exists() {
-        return Err(PinnedError::NotPinned(path));
+    for name in map.pinned_names() {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(PinnedError::NotPinned(path));
+        }
     }
     let read = |source| PinnedError::Read { map, source };
     match map {
@@ -169,7 +186,13 @@ fn read_one(dir: &Path, map: MapId, snapshot: &mut Snapshot) -> Result<(), Pinne
             }
             snapshot.backend_stats = stats;
         }
-        MapId::Conntrack => snapshot.conntrack = entries(&open(dir, map)?).map_err(read)?,
+        MapId::Conntrack => {
+            snapshot.conntrack.clear();
+            for name in map.pinned_names() {
+                let table: HashMap<MapData, CtKey, CtEntry> = open_named(dir, map, name)?;
+                snapshot.conntrack.extend(entries(&table).map_err(read)?);
+            }
+        }
         MapId::Affinity => snapshot.affinity = entries(&open(dir, map)?).map_err(read)?,
         MapId::Counters => {
             let m: PerCpuArray<MapData, u64> = open(dir, map)?;

@@ -77,6 +77,12 @@ impl Snapshot {
         self.unavailable(map).is_none()
     }
 
+    /// The conntrack timeouts the datapath works with (the defaults if the config was not
+    /// read or not written yet).
+    pub fn ct_timeouts(&self) -> lb_common::CtTimeouts {
+        self.config.map(|c| c.ct_timeouts).unwrap_or_default()
+    }
+
     pub fn service_name(&self, service_id: u32) -> Option<&str> {
         self.service_names.get(&service_id).map(String::as_str)
     }

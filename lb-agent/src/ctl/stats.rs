@@ -104,13 +104,19 @@ translated               5,004
   xdp_tx                 0
   sock_translated        0
   xdp_redirect           0
+  port_remapped          0
+  ct_repaired            0
 passed                   0
   pass_malformed         0
   pass_fragment          0
   pass_no_route          0
   pass_to_tc             0
+  pass_csum_partial      0
+  pass_frag_unknown      0
+  pass_mtu               0
 rejected                 2
   reject_no_backend      2
+  reject_frag_needed     0
 dropped                  1
   drop_no_backend        1
   drop_no_backend_slot   0
@@ -120,6 +126,8 @@ dropped                  1
   drop_no_local_backend  0
   drop_source_range      0
   drop_snat_exhausted    0
+  drop_ct_full           0
+  drop_ttl_exceeded      0
 ";
         assert_eq!(render(&s), expected);
     }

@@ -19,15 +19,19 @@ use super::{DatapathMaps, MapsError, RangeKey};
 
 /// Iterating a hash map that the datapath changes at the same time can restart from the
 /// first key when the current one is deleted underneath; this bounds a conntrack walk to a
-/// few passes of a full table.
-const CONNTRACK_WALK_LIMIT: usize = 4 * names::CONNTRACK_MAX as usize;
+/// few passes of the largest table there can be.
+const CONNTRACK_WALK_LIMIT: usize = 4 * names::CONNTRACK_LIMIT as usize;
+
+/// A conntrack table.
+pub type ConntrackTable = HashMap<MapData, CtKey, CtEntry>;
 
 /// The service, conntrack and config maps.
 pub struct AyaMaps {
     frontends: HashMap<MapData, FrontendKey, Frontend>,
     slots: HashMap<MapData, BackendSlotKey, BackendId>,
     backends: HashMap<MapData, BackendId, Backend>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    /// TCP, then every other protocol (lb_common::maps::CONNTRACK).
+    conntrack: [ConntrackTable; 2],
     config: Array<MapData, Config>,
     service_names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRange, u32>,
@@ -42,7 +46,10 @@ impl AyaMaps {
             frontends: typed(names::FRONTENDS, take(names::FRONTENDS)?)?,
             slots: typed(names::BACKEND_SLOTS, take(names::BACKEND_SLOTS)?)?,
             backends: typed(names::BACKENDS, take(names::BACKENDS)?)?,
-            conntrack: typed(names::CONNTRACK, take(names::CONNTRACK)?)?,
+            conntrack: [
+                typed(names::CONNTRACK_TCP, take(names::CONNTRACK_TCP)?)?,
+                typed(names::CONNTRACK_ANY, take(names::CONNTRACK_ANY)?)?,
+            ],
             config: typed(names::CONFIG, take(names::CONFIG)?)?,
             service_names: typed(names::SERVICE_NAMES, take(names::SERVICE_NAMES)?)?,
             source_ranges: typed(names::SOURCE_RANGES, take(names::SOURCE_RANGES)?)?,
@@ -58,7 +65,16 @@ impl AyaMaps {
                 open_pinned(dir, names::BACKEND_SLOTS)?,
             )?,
             backends: typed(names::BACKENDS, open_pinned(dir, names::BACKENDS)?)?,
-            conntrack: typed(names::CONNTRACK, open_pinned(dir, names::CONNTRACK)?)?,
+            conntrack: [
+                typed(
+                    names::CONNTRACK_TCP,
+                    open_pinned(dir, names::CONNTRACK_TCP)?,
+                )?,
+                typed(
+                    names::CONNTRACK_ANY,
+                    open_pinned(dir, names::CONNTRACK_ANY)?,
+                )?,
+            ],
             config: typed(names::CONFIG, open_pinned(dir, names::CONFIG)?)?,
             service_names: typed(
                 names::SERVICE_NAMES,
@@ -166,11 +182,16 @@ impl DatapathMaps for AyaMaps {
     }
 
     fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>, MapsError> {
-        entries(&self.conntrack, names::CONNTRACK, CONNTRACK_WALK_LIMIT)
+        let [tcp, any] = &self.conntrack;
+        let mut all = entries(tcp, names::CONNTRACK_TCP, CONNTRACK_WALK_LIMIT)?;
+        all.extend(entries(any, names::CONNTRACK_ANY, CONNTRACK_WALK_LIMIT)?);
+        Ok(all)
     }
 
     fn delete_conntrack(&mut self, key: &CtKey) -> Result<(), MapsError> {
-        delete(&mut self.conntrack, key, names::CONNTRACK)
+        let name = names::conntrack_table(key.proto);
+        let table = &mut self.conntrack[usize::from(name != names::CONNTRACK_TCP)];
+        delete(table, key, name)
     }
 
     fn config(&self) -> Result<Config, MapsError> {
@@ -242,7 +263,7 @@ mod tests {
         }
         let pins = PinDir::new("aya-sync");
         let mut ebpf =
-            loader::load(&Object::Embedded, pins.path(), BpfLogLevel::Off).expect("load");
+            loader::load(&Object::Embedded, pins.path(), BpfLogLevel::Off, &[]).expect("load");
         let services = [
             service("shop", "web", "10.96.0.10")
                 .port("http", 80, "TCP")
@@ -322,8 +343,8 @@ mod tests {
             ..fwd
         };
         let mut ct: HashMap<MapData, CtKey, CtEntry> = typed(
-            names::CONNTRACK,
-            open_pinned(pins.path(), names::CONNTRACK).expect("open"),
+            names::CONNTRACK_ANY,
+            open_pinned(pins.path(), names::CONNTRACK_ANY).expect("open"),
         )
         .expect("typed");
         ct.insert(fwd_key, fwd, 0).expect("insert");

@@ -7,6 +7,7 @@
 //! record the last full sync made ([`crate::programmed`]) and use point writes only.
 
 pub mod aya;
+pub mod batch;
 #[cfg(test)]
 pub mod memory;
 pub mod stats;

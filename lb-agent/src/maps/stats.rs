@@ -1,44 +1,34 @@
 //! The datapath's packet counters and map capacities, read from the pinned maps when
 //! metrics are scraped.
 //!
-//! The conntrack map is an LRU hash that the datapath fills on its own, so its fill level
-//! can only be had by walking its keys (a syscall per entry). The walk is capped and done at
-//! most once per [`CONNTRACK_COUNT_INTERVAL`]; scrapes in between get the last count.
+//! The conntrack tables fill on their own, and a hash map's fill level can only be had by
+//! walking it; the conntrack GC walks them anyway, so their entry counts are the GC's
+//! ([`EntryCounts`]), as of its last complete walk of each table.
 
 use std::{
     path::{Path, PathBuf},
-    sync::Mutex,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
 };
 
-use aya::maps::{HashMap, MapData, MapInfo, PerCpuArray};
-use lb_common::{maps as names, CtEntry, CtKey};
+use aya::maps::{MapData, MapInfo, PerCpuArray};
+use lb_common::maps as names;
 
 use super::{
     aya::{open_pinned, typed},
     MapsError,
 };
-use crate::metrics::DatapathStats;
-
-/// How often the conntrack map is walked to count its entries.
-pub const CONNTRACK_COUNT_INTERVAL: Duration = Duration::from_secs(30);
-
-#[derive(Debug)]
-struct ConntrackCount {
-    map: HashMap<MapData, CtKey, CtEntry>,
-    last: Option<(Instant, u64)>,
-}
+use crate::{conntrack_gc::EntryCounts, metrics::DatapathStats};
 
 /// Reads the maps pinned under one directory.
 pub struct PinnedStats {
     pin_dir: PathBuf,
     counters: Mutex<PerCpuArray<MapData, u64>>,
-    conntrack: Mutex<ConntrackCount>,
+    conntrack: Arc<EntryCounts>,
 }
 
 impl PinnedStats {
-    /// Opens the counters and conntrack maps pinned under `pin_dir` (own file descriptors,
-    /// independent of the syncer's).
+    /// Opens the counters map pinned under `pin_dir` (own file descriptor, independent of
+    /// the syncer's).
     pub fn open(pin_dir: &Path) -> Result<Self, MapsError> {
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
@@ -46,11 +36,13 @@ impl PinnedStats {
                 names::COUNTERS,
                 open_pinned(pin_dir, names::COUNTERS)?,
             )?),
-            conntrack: Mutex::new(ConntrackCount {
-                map: typed(names::CONNTRACK, open_pinned(pin_dir, names::CONNTRACK)?)?,
-                last: None,
-            }),
+            conntrack: Arc::default(),
         })
+    }
+
+    /// Where the conntrack GC publishes the tables' entry counts for these stats.
+    pub fn conntrack_counts(&self) -> Arc<EntryCounts> {
+        self.conntrack.clone()
     }
 }
 
@@ -77,18 +69,9 @@ impl DatapathStats for PinnedStats {
             .map_err(|e| e.to_string())
     }
 
-    fn conntrack_entries(&self) -> Option<u64> {
-        let mut ct = lock(&self.conntrack);
-        if let Some((at, n)) = ct.last {
-            if at.elapsed() < CONNTRACK_COUNT_INTERVAL {
-                return Some(n);
-            }
-        }
-        // Keys deleted under the walk can restart it; the cap bounds the cost.
-        let cap = 2 * names::CONNTRACK_MAX as usize;
-        let n = ct.map.keys().take(cap).filter(Result::is_ok).count() as u64;
-        ct.last = Some((Instant::now(), n));
-        Some(n)
+    fn conntrack_entries(&self) -> Vec<(&'static str, u64)> {
+        // Empty until the GC has walked a table once (its first pass runs at start).
+        self.conntrack.get()
     }
 
     fn max_entries(&self) -> Vec<(&'static str, u64)> {

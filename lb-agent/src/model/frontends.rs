@@ -203,6 +203,10 @@ fn backend_sets(
                 if ep.local {
                     b.flags |= backend::flags::LOCAL;
                 }
+                // A hostNetwork pod (or the node itself) serves from this node's address.
+                if node.ips.contains(&ep.addr) {
+                    b.flags |= backend::flags::HOST;
+                }
                 candidates.push(Candidate {
                     backend: b,
                     ready: svc.publish_not_ready || ep.ready,

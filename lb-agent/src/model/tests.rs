@@ -4,7 +4,7 @@ use crate::{
     node::ThisNode,
 };
 use lb_common::{
-    backend::flags::{LOCAL, TERMINATING},
+    backend::flags::{HOST, LOCAL, TERMINATING},
     frontend, proto,
 };
 
@@ -265,6 +265,30 @@ fn endpoints_on_this_node_are_flagged_local() {
         [
             ("10.244.1.2:8080".into(), LOCAL),
             ("10.244.2.2:8080".into(), 0)
+        ]
+    );
+}
+
+#[test]
+fn an_endpoint_at_this_nodes_own_address_is_flagged_host() {
+    // A hostNetwork pod on this node, and one on another node.
+    let s = slice("shop", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .ready("172.18.0.3")
+        .on_node(NODE)
+        .ready("172.18.0.4")
+        .on_node("node-b")
+        .build();
+    let node = ThisNode {
+        ips: vec!["172.18.0.3".parse().expect("ip")],
+        ..ThisNode::named(NODE)
+    };
+    let (state, _) = build_on(&node, &[web().build()], &[s]);
+    assert_eq!(
+        backends(&state, "10.96.0.10", 80, TCP),
+        [
+            ("172.18.0.3:8080".into(), LOCAL | HOST),
+            ("172.18.0.4:8080".into(), 0)
         ]
     );
 }

@@ -129,7 +129,8 @@ fn scale_against_kernel_maps() {
         return;
     }
     let pins = PinDir::new("bench-scale");
-    let mut ebpf = loader::load(&Object::Embedded, pins.path(), BpfLogLevel::Off).expect("load");
+    let mut ebpf =
+        loader::load(&Object::Embedded, pins.path(), BpfLogLevel::Off, &[]).expect("load");
     let maps = AyaMaps::from_ebpf(&mut ebpf).expect("maps");
     let before = rss_kib();
     let (mut p, full) = loaded(maps);

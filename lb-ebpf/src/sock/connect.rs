@@ -9,7 +9,7 @@ use crate::{
     backend, clock,
     counters::count,
     maps::{LB_CONFIG, LB_SOCK_REV},
-    parse::Packet,
+    parse::{frag, Packet},
 };
 
 const ECONNREFUSED: i32 = 111;
@@ -96,6 +96,12 @@ fn select(fe: &Frontend, dst: &SockAddr, cookie: u64) -> Result<Backend, Reason>
         sport: folded as u16,
         dport: dst.port,
         tcp_flags: 0,
+        frag: frag::NONE,
+        ip_id: 0,
+        ttl: 0,
+        df: false,
+        l4_len: 0,
+        tsval: 0,
     };
     backend::select(fe, &pkt, clock::now()).map(|(_, backend)| backend)
 }

@@ -8,7 +8,9 @@
 //!   (`iptables-restore --noflush` / `nft -f`, all nodes at once). Leaving the mode clears
 //!   every table the ruleset made: rules that are merely unhooked would still keep
 //!   netfilter's conntrack in every packet's path (a DNAT, MASQUERADE or ct match holds it),
-//!   slowing the other modes down and dropping their new flows on clashes with its entries;
+//!   slowing the other modes down and dropping their new flows on clashes with its entries.
+//!   kindnet's masquerade (`lb_lab::kindnet`), which shares iptables' nat table, is put back
+//!   right after: every mode runs with it, as every Kind node does;
 //! - `direct`: nothing runs; clients address backend pod IPs.
 //!
 //! Backends are real servers: every echo pod gets extra addresses (one per pool slot, with
@@ -16,6 +18,10 @@
 //! in the API server, so the EndpointSlice controller lists it. A service's E endpoints are E
 //! consecutive pool addresses, and the pool interleaves the nodes, so every service has
 //! backends on other nodes than the client's.
+//!
+//! Beside them, `bench-np` is a NodePort (externalTrafficPolicy=Cluster) whose two backends
+//! are on control-plane and worker: the host (`lbk-host`) connects to it at worker2's
+//! address, so each connection is masqueraded by worker2 and forwarded to another node.
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +67,17 @@ const STREAM_BACKEND: (Ipv4Addr, &str) = (Ipv4Addr::new(10, 244, 1, 2), "worker-
 /// The backend of `bench-change`, whose readiness the endpoint-change timing flips.
 pub const CHANGE_BACKEND: (Ipv4Addr, &str) = (Ipv4Addr::new(10, 244, 1, 251), "worker-echo-2");
 pub const CHANGE_POD: &str = "bench-change";
+/// The node the host enters the masqueraded NodePort on: it holds none of
+/// [`NODE_PORT_BACKENDS`], so every connection is masqueraded and forwarded to another node.
+pub const NODE_PORT_ENTRY: &str = "worker2";
+/// `bench-np`'s node port (externalTrafficPolicy=Cluster, port 80 -> 8080).
+pub const NODE_PORT: u16 = 30080;
+const NODE_PORT_SERVICE: &str = "bench-np";
+/// `bench-np`'s backends: extra addresses on echo pods of control-plane and worker.
+const NODE_PORT_BACKENDS: [(Ipv4Addr, &str); 2] = [
+    (Ipv4Addr::new(10, 244, 0, 252), "control-plane-echo-1"),
+    (Ipv4Addr::new(10, 244, 1, 252), "worker-echo-1"),
+];
 
 /// A backend address in the pool: an extra address on one of the lab's echo pods.
 #[derive(Clone, Debug)]
@@ -81,6 +98,8 @@ pub struct Targets {
     pub stream_vip: Option<Ipv4Addr>,
     /// `bench-change`'s ClusterIP:80.
     pub change: Option<SocketAddr>,
+    /// `bench-np`'s NodePort on [`NODE_PORT_ENTRY`]'s address: what the host connects to.
+    pub node_port: Option<SocketAddr>,
 }
 
 impl Targets {
@@ -121,7 +140,7 @@ pub struct LabBench {
 impl LabBench {
     /// Brings the lab up (release binaries, or the debug build for `--quick`), gives the echo
     /// pods pool addresses for up to `max_endpoints` endpoints per service, and creates the
-    /// stream and change services. The nodes start in `ebpf` mode.
+    /// stream, change and NodePort services. The nodes start in `ebpf` mode.
     pub fn up(quick: bool, max_endpoints: usize, status: &mut dyn FnMut(&str)) -> Result<Self> {
         status(if quick {
             "building (debug: --quick reuses the test build)"
@@ -298,7 +317,82 @@ impl LabBench {
         svc.endpoints = vec![endpoint(CHANGE_BACKEND.0, ECHO_PORT)];
         self.model.push(svc);
         self.targets.change = Some(SocketAddr::from((vip, SERVICE_PORT)));
+        self.make_node_port_service()
+    }
+
+    /// `bench-np`: a NodePort service with externalTrafficPolicy=Cluster whose backends are
+    /// all on other nodes than [`NODE_PORT_ENTRY`], which the host reaches at that node's
+    /// address: every connection is masqueraded (to the entry node's address) and forwarded.
+    fn make_node_port_service(&mut self) -> Result<()> {
+        let label = BTreeMap::from([(NODE_PORT_SERVICE.to_string(), "y".to_string())]);
+        for (i, (ip, pod)) in NODE_PORT_BACKENDS.into_iter().enumerate() {
+            let b = Backend {
+                ip,
+                pod: pod.into(),
+            };
+            self.add_address(&b)?;
+            let node = self.lab.pod(pod).context("echo pod")?.node.clone();
+            ensure!(
+                node != NODE_PORT_ENTRY,
+                "a NodePort backend is on the entry node"
+            );
+            create_pod(
+                &self.api,
+                &format!("{NODE_PORT_SERVICE}-{i}"),
+                &label,
+                ip,
+                &node,
+                true,
+            )?;
+        }
+        let svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": NODE_PORT_SERVICE, "namespace": NS},
+            "spec": {
+                "type": "NodePort",
+                "externalTrafficPolicy": "Cluster",
+                "selector": {NODE_PORT_SERVICE: "y"},
+                "ports": [{"name": "http", "protocol": "TCP", "port": SERVICE_PORT,
+                    "targetPort": ECHO_PORT, "nodePort": NODE_PORT}],
+            },
+        });
+        let created = self
+            .api
+            .request(
+                Method::POST,
+                &format!("/api/v1/namespaces/{NS}/services"),
+                Some(&svc),
+            )
+            .context("creating service bench-np")?;
+        let vip: Ipv4Addr = created["spec"]["clusterIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .context("service bench-np got no cluster IP")?;
+        let mut model = BenchService::cluster_ip(
+            NS,
+            NODE_PORT_SERVICE,
+            "http",
+            Protocol::Tcp,
+            vip,
+            SERVICE_PORT,
+        );
+        model.node_port = Some(NODE_PORT);
+        model.endpoints = NODE_PORT_BACKENDS
+            .iter()
+            .map(|(ip, _)| endpoint(*ip, ECHO_PORT))
+            .collect();
+        self.model.push(model);
+        let entry = self.lab.node(NODE_PORT_ENTRY).context("entry node")?.ip;
+        self.targets.node_port = Some(SocketAddr::from((entry, NODE_PORT)));
         Ok(())
+    }
+
+    /// The echo pods that hold `bench-np`'s backends.
+    pub fn node_port_backend_pods(&self) -> Vec<String> {
+        NODE_PORT_BACKENDS
+            .iter()
+            .map(|(_, pod)| pod.to_string())
+            .collect()
     }
 
     /// iperf3's server in the stream backend's pod, on every address (so also on the
@@ -420,7 +514,10 @@ impl LabBench {
         }
         match self.mode {
             Mode::Ebpf => self.stop_datapath()?,
-            Mode::Iptables => self.for_nodes(|ns, _, _| apply::clear_iptables(ns))?,
+            Mode::Iptables => self.for_nodes(|ns, _, _| {
+                apply::clear_iptables(ns)?;
+                lb_lab::kindnet::install(ns.as_str())
+            })?,
             Mode::Nftables => self.for_nodes(|ns, _, _| apply::remove_nftables(ns).map(drop))?,
             Mode::Direct => {}
         }

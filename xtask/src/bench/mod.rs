@@ -8,9 +8,11 @@
 
 mod client;
 mod datapath;
+mod gc;
 pub mod kube_proxy;
 mod lab_modes;
 mod machine;
+mod masq;
 mod memory;
 mod plots;
 mod programming;
@@ -59,6 +61,9 @@ pub enum BenchCommand {
     /// Control-plane programming: time to program N services from the API server, full
     /// resync time, agent memory, and the latency of single endpoint changes.
     Programming(programming::Args),
+    /// The GC part's measurement alone, as JSON (what a full run starts in a release build).
+    #[command(hide = true)]
+    GcPass(gc::Args),
 }
 
 impl BenchArgs {
@@ -87,6 +92,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(cmd) = &args.cmd {
         return match cmd {
             BenchCommand::Programming(a) => programming::run(a),
+            BenchCommand::GcPass(a) => gc::pass_command(a),
         };
     }
     let dir = crate::build::workspace_root().join("target/bench");
@@ -154,17 +160,22 @@ fn part_metrics(part: Part) -> &'static [&'static str] {
         Part::Programming => &["program_full", "endpoint_change"],
         Part::Datapath => &["ns_per_packet"],
         Part::Memory => &["agent_rss", "map_memory"],
+        Part::MasqConnRate => &["masq_conn_rate", "masq_failures"],
+        Part::Sustained => &["sustained_conn_rate", "sustained_failures"],
+        Part::Gc => &["gc_pass", "gc_per_entry"],
     }
 }
 
-/// Whose figures each part must have: every mode for the traffic parts, anyone otherwise.
+/// Whose figures each part must have: every mode for the traffic parts (but `direct` from
+/// the host, which has no route to pods), anyone otherwise.
 fn part_subjects(part: Part) -> Vec<Option<Mode>> {
     match part {
         Part::Connect | Part::ConnRate | Part::Throughput | Part::Cpu => {
             Mode::ALL.iter().copied().map(Some).collect()
         }
+        Part::MasqConnRate | Part::Sustained => masq::MODES.iter().copied().map(Some).collect(),
         Part::Programming => vec![Some(Mode::Ebpf)],
-        Part::Datapath | Part::Memory => vec![None],
+        Part::Datapath | Part::Memory | Part::Gc => vec![None],
     }
 }
 
@@ -203,16 +214,19 @@ fn measure_and_report(settings: &Settings, dir: &std::path::Path) -> Result<Resu
         let outcome = match part {
             Part::Datapath => datapath::run(settings, results, &mut status),
             Part::Memory => memory::run(settings, results, &mut status),
+            Part::Gc => gc::run(settings, results, &mut status),
             // kube-proxy's tools in a throwaway namespace, then ours in the lab.
             Part::Programming => rule_apply::run(settings, results, &mut status).and(lab.run(
                 settings,
                 results,
                 &mut status,
             )),
-            Part::Connect => lab.run(settings, results, &mut status),
-            Part::ConnRate => lab.run(settings, results, &mut status),
-            Part::Throughput => lab.run(settings, results, &mut status),
-            Part::Cpu => lab.run(settings, results, &mut status),
+            Part::Connect
+            | Part::ConnRate
+            | Part::MasqConnRate
+            | Part::Throughput
+            | Part::Cpu
+            | Part::Sustained => lab.run(settings, results, &mut status),
         };
         if let Err(e) = outcome {
             results.note(format!("{part:?} failed: {e:#}"));

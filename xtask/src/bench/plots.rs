@@ -36,6 +36,11 @@ pub fn draw(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
             "New connections per second vs services",
         ),
         (
+            "masq_conn_rate",
+            "masq_conn_rate.png",
+            "Connections per second from the host, masqueraded NodePort",
+        ),
+        (
             "program_full",
             "program_full.png",
             "Program N services from empty (p50)",
@@ -58,18 +63,33 @@ pub fn draw(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
         lines_vs_n(&path, title, &figs)?;
         written.push(path);
     }
-    let per_packet: Vec<&Figure> = results
-        .figures
-        .iter()
-        .filter(|f| f.metric == "ns_per_packet")
-        .collect();
-    if !per_packet.is_empty() {
-        let path = dir.join("ns_per_packet.png");
-        bars(
-            &path,
+    for (metric, file, title) in [
+        (
+            "ns_per_packet",
+            "ns_per_packet.png",
             "Datapath cost per packet (BPF_PROG_TEST_RUN)",
-            &per_packet,
-        )?;
+        ),
+        (
+            "sustained_conn_rate",
+            "sustained_conn_rate.png",
+            "Sustained connections per second, masqueraded NodePort (median over rounds)",
+        ),
+        (
+            "gc_pass",
+            "gc_pass.png",
+            "One conntrack GC pass: wall and CPU time (p50)",
+        ),
+    ] {
+        let figs: Vec<&Figure> = results
+            .figures
+            .iter()
+            .filter(|f| f.metric == metric)
+            .collect();
+        if figs.is_empty() {
+            continue;
+        }
+        let path = dir.join(file);
+        bars(&path, title, &figs)?;
         written.push(path);
     }
     Ok(written)

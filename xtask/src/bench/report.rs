@@ -17,12 +17,32 @@ use super::{
 };
 
 /// Metrics the report knows, in report order: (metric, title, higher is better).
-pub const METRICS: [(&str, &str, bool); 11] = [
+pub const METRICS: [(&str, &str, bool); 17] = [
     ("connect_latency", "First-packet TCP connect latency", false),
     ("conn_rate", "New connections per second", true),
+    (
+        "masq_conn_rate",
+        "New connections per second from the host, masqueraded NodePort",
+        true,
+    ),
+    (
+        "masq_failures",
+        "Failed connections from the host, masqueraded NodePort",
+        false,
+    ),
     ("throughput", "Established throughput (iperf3)", true),
     ("rr_latency", "Request/response latency, established", false),
     ("cpu_per_mpkt", "Kernel CPU per million packets", false),
+    (
+        "sustained_conn_rate",
+        "Sustained connections per second, masqueraded NodePort",
+        true,
+    ),
+    (
+        "sustained_failures",
+        "Failed connections in the sustained run",
+        false,
+    ),
     ("program_full", "Program N services from empty", false),
     (
         "endpoint_change",
@@ -33,6 +53,8 @@ pub const METRICS: [(&str, &str, bool); 11] = [
     ("agent_rss", "Agent RSS", false),
     ("map_memory", "BPF map memory", false),
     ("load_100k", "100k services load", false),
+    ("gc_pass", "One conntrack GC pass", false),
+    ("gc_per_entry", "Conntrack GC pass per entry", false),
 ];
 
 /// Writes everything; the files written.
@@ -118,6 +140,7 @@ fn markdown(
 
     let _ = writeln!(s, "## Summary (p50; ratios are ebpf ÷ the other mode)\n");
     summary_table(&mut s, settings, results);
+    under_load(&mut s, settings, results);
 
     let _ = writeln!(s, "## Figures\n");
     for (metric, title, higher) in METRICS {
@@ -142,9 +165,8 @@ fn markdown(
         for f in figs {
             let _ = writeln!(
                 s,
-                "| {} × {} | {} | {} | {} | {} | {} |",
-                f.services,
-                f.endpoints,
+                "| {} | {} | {} | {} | {} | {} |",
+                size_cell(f),
                 f.subject,
                 f.samples,
                 opt(f.p01),
@@ -172,7 +194,19 @@ fn markdown(
          on a shared machine adds to it. `program_full` (ebpf) is an agent start with no \
          pinned maps or links until the client node's maps hold every service; \
          `endpoint_change` (ebpf) is from the API write of a pod's readiness until a TCP \
-         connect through its service succeeds from the client pod."
+         connect through its service succeeds from the client pod. `masq_conn_rate` and \
+         `sustained_conn_rate` are exchanges (connect, request, answer, close) a second from \
+         the host (lbk-host, 172.18.0.1) to the NodePort of an externalTrafficPolicy=Cluster \
+         service on worker2, whose backends are on control-plane and worker: each one is \
+         masqueraded by worker2 and forwarded; `*_failures` count every exchange that failed \
+         (by cause in the notes below). A run's note counts the exchanges that took 500 ms or \
+         more (a packet waited for a retransmission timeout) and the kernel counters that moved \
+         on the path (TcpExt/Tcp and nf_conntrack stats per namespace; the datapath's drops in \
+         ebpf mode): host `TCPSynRetrans` with as many `OutRsts` is Linux answering an ACK that \
+         does not acknowledge its SYN (such as a TIME_WAIT socket's on a reused tuple) with a \
+         reset, then sending the SYN again. `gc_pass` is one pass of the agent's conntrack GC \
+         (`lb_agent::conntrack_gc::run::pass`) over a filled table: wall time and the \
+         thread's CPU time."
     );
     for n in notes {
         let _ = writeln!(s, "- {n}");
@@ -216,6 +250,103 @@ fn summary_table(s: &mut String, settings: &Settings, results: &Results) {
         }
     }
     let _ = writeln!(s);
+}
+
+/// The masqueraded NodePort and the conntrack GC: the sustained run per mode (median and
+/// range over rounds, failures, ratio to iptables), failures of the conn/s runs, and the GC
+/// pass.
+fn under_load(s: &mut String, settings: &Settings, results: &Results) {
+    let sustained: Vec<&Figure> = results
+        .figures
+        .iter()
+        .filter(|f| f.metric == "sustained_conn_rate")
+        .collect();
+    let masq_failures: Vec<&Figure> = results
+        .figures
+        .iter()
+        .filter(|f| f.metric == "masq_failures")
+        .collect();
+    let gc = results.find("gc_pass", "wall", (0, 0));
+    if sustained.is_empty() && masq_failures.is_empty() && gc.is_none() {
+        return;
+    }
+    let _ = writeln!(s, "## Conntrack and NAT under load\n");
+    if let Some(first) = sustained.first() {
+        let size = (first.services, first.endpoints);
+        let _ = writeln!(
+            s,
+            "Sustained: {:.0} s per mode and round from the host (lbk-host) through a \
+             masqueraded NodePort (externalTrafficPolicy=Cluster, entered on a node without a \
+             backend) at {} × {}; conn/s is the median over rounds [lowest – highest].\n",
+            super::masq::sustained_for(settings.quick).as_secs_f64(),
+            size.0,
+            size.1
+        );
+        let _ = writeln!(
+            s,
+            "| mode | rounds | conn/s | failures | ÷ iptables |\n|---|---|---|---|---|"
+        );
+        let iptables = results.find("sustained_conn_rate", "iptables", size);
+        for f in &sustained {
+            let failures = results
+                .find("sustained_failures", &f.subject, size)
+                .map_or_else(|| "–".into(), |x| format!("{:.0}", x.p50));
+            let range = match (f.p01, f.p99) {
+                (Some(lo), Some(hi)) => format!(" [{} – {}]", num(lo), num(hi)),
+                _ => String::new(),
+            };
+            let ratio = iptables
+                .filter(|i| i.p50 > 0.0)
+                .map_or_else(|| "–".into(), |i| format!("{:.2}", f.p50 / i.p50));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}{range} | {failures} | {ratio} |",
+                f.subject,
+                f.samples,
+                num(f.p50)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !masq_failures.is_empty() {
+        let _ = writeln!(
+            s,
+            "Failed connections of the masqueraded NodePort conn/s runs (goal 0): {}.\n",
+            masq_failures
+                .iter()
+                .map(|f| format!(
+                    "{} at {} × {}: {:.0}",
+                    f.subject, f.services, f.endpoints, f.p50
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(wall) = gc {
+        let cpu = results.find("gc_pass", "cpu", (0, 0));
+        let per = results.find("gc_per_entry", "wall", (0, 0));
+        let _ = writeln!(
+            s,
+            "One conntrack GC pass over {} entries: wall p50 {} ms [{} – {}], CPU p50 {} ms, \
+             {} ns per entry ({} passes).\n",
+            super::gc::entries(settings.quick),
+            num(wall.p50),
+            opt(wall.p01),
+            opt(wall.p99),
+            cpu.map_or_else(|| "–".into(), |c| num(c.p50)),
+            per.map_or_else(|| "–".into(), |p| num(p.p50)),
+            wall.samples
+        );
+    }
+}
+
+/// A figure's size for the tables: N × E, or – for figures of no size.
+fn size_cell(f: &Figure) -> String {
+    if (f.services, f.endpoints) == (0, 0) {
+        "–".into()
+    } else {
+        format!("{} × {}", f.services, f.endpoints)
+    }
 }
 
 fn ratio_cell(results: &Results, metric: &str, size: (usize, usize), other: Mode) -> String {
@@ -365,6 +496,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
         },
     );
 
+    out.extend(under_load_targets(r));
+
     let what = "endpoint change reaches traffic < 10 ms p99 with 10k services";
     out.push(match at(r, "endpoint_change", "ebpf", 10_000) {
         Some(f) => {
@@ -457,6 +590,89 @@ pub fn targets(r: &Results) -> Vec<Target> {
             },
             None => not_measured(what, "no figure at 100000 × 10"),
         },
+    );
+    out
+}
+
+/// The masqueraded NodePort's targets: no failed connection (ebpf, every size measured),
+/// and a sustained rate at least iptables'.
+fn under_load_targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (metric, what) in [
+        (
+            "masq_failures",
+            "masqueraded NodePort from the host: 0 failed connections (ebpf, every size)",
+        ),
+        (
+            "sustained_failures",
+            "sustained load through the masqueraded NodePort: 0 failed connections (ebpf)",
+        ),
+    ] {
+        let figs: Vec<&Figure> = r.figures.iter().filter(|f| f.metric == metric).collect();
+        let ebpf: Vec<&&Figure> = figs.iter().filter(|f| f.subject == "ebpf").collect();
+        if ebpf.is_empty() {
+            out.push(not_measured(what, "no ebpf figures"));
+            continue;
+        }
+        let total: f64 = ebpf.iter().map(|f| f.p50).sum();
+        let others: Vec<String> = ["iptables", "nftables"]
+            .into_iter()
+            .filter_map(|m| {
+                let v: Vec<f64> = figs
+                    .iter()
+                    .filter(|f| f.subject == m)
+                    .map(|f| f.p50)
+                    .collect();
+                (!v.is_empty()).then(|| format!("{m} {:.0}", v.iter().sum::<f64>()))
+            })
+            .collect();
+        let sizes = ebpf
+            .iter()
+            .map(|f| format!("{}×{}", f.services, f.endpoints))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(Target {
+            what,
+            measured: format!(
+                "ebpf {total:.0} failed (at {sizes}){}",
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", others.join(", "))
+                }
+            ),
+            verdict: Verdict::of(total == 0.0),
+        });
+    }
+    let what = "sustained conn/s through the masqueraded NodePort ≥ iptables";
+    out.push(
+        largest_with(r, "sustained_conn_rate", &["ebpf", "iptables"]).map_or_else(
+            || not_measured(what, "needs sustained runs in ebpf and iptables modes"),
+            |size| match (
+                r.find("sustained_conn_rate", "ebpf", size),
+                r.find("sustained_conn_rate", "iptables", size),
+            ) {
+                (Some(e), Some(i)) => {
+                    let nft = r
+                        .find("sustained_conn_rate", "nftables", size)
+                        .map(|n| format!(", nftables {:.0} (×{:.2})", n.p50, n.p50 / i.p50))
+                        .unwrap_or_default();
+                    Target {
+                        what,
+                        measured: format!(
+                            "at {}×{}: ebpf {:.0} vs iptables {:.0} conn/s: ×{:.2}{nft}",
+                            size.0,
+                            size.1,
+                            e.p50,
+                            i.p50,
+                            e.p50 / i.p50
+                        ),
+                        verdict: Verdict::of(e.p50 >= i.p50),
+                    }
+                }
+                _ => not_measured(what, "needs ebpf and iptables"),
+            },
+        ),
     );
     out
 }

@@ -44,6 +44,10 @@ pub enum Part {
     Connect,
     /// New connections per second with short request/response exchanges.
     ConnRate,
+    /// New connections per second from the host through a masqueraded NodePort
+    /// (externalTrafficPolicy=Cluster, entered on a node without a backend), and their
+    /// failures.
+    MasqConnRate,
     /// Established throughput (iperf3) and request/response latency through a ClusterIP.
     Throughput,
     /// CPU time per million packets of a UDP stream at a fixed offered rate.
@@ -55,17 +59,25 @@ pub enum Part {
     Datapath,
     /// Agent RSS and BPF map memory for each N; 100k services load at all.
     Memory,
+    /// Connections at the highest rate the machine holds, for a minute per mode, through
+    /// the masqueraded NodePort: conn/s over rounds and every failure.
+    Sustained,
+    /// Wall and CPU time of one conntrack GC pass over a million entries.
+    Gc,
 }
 
 impl Part {
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 10] = [
         Part::Datapath,
         Part::Memory,
+        Part::Gc,
         Part::Programming,
         Part::Connect,
         Part::ConnRate,
+        Part::MasqConnRate,
         Part::Throughput,
         Part::Cpu,
+        Part::Sustained,
     ];
 }
 
@@ -129,13 +141,16 @@ pub fn baseline_chains((services, endpoints): (usize, usize)) -> usize {
 /// One measured figure: a summary of samples of one metric for one subject at one size.
 #[derive(Clone, Debug, Serialize)]
 pub struct Figure {
-    /// Which measurement, e.g. `connect_latency`, `conn_rate`, `throughput`, `rr_latency`,
-    /// `cpu_per_mpkt`, `program_full`, `endpoint_change`, `ns_per_packet`, `agent_rss`,
-    /// `map_memory`.
+    /// Which measurement, e.g. `connect_latency`, `conn_rate`, `masq_conn_rate`,
+    /// `masq_failures`, `throughput`, `rr_latency`, `cpu_per_mpkt`, `sustained_conn_rate`,
+    /// `sustained_failures`, `program_full`, `endpoint_change`, `ns_per_packet`,
+    /// `agent_rss`, `map_memory`, `gc_pass`, `gc_per_entry`.
     pub metric: String,
-    /// What was measured: a mode name (`ebpf`, `iptables`, ...), or for per-packet cost a
-    /// program and case such as `lb_from_pod/established` or `floor`.
+    /// What was measured: a mode name (`ebpf`, `iptables`, ...), for per-packet cost a
+    /// program and case such as `lb_from_pod/established` or `floor`, for the GC `wall` or
+    /// `cpu`.
     pub subject: String,
+    /// The size loaded (N services × E endpoints); 0 × 0 for figures of no size (the GC).
     pub services: usize,
     pub endpoints: usize,
     /// The unit of `p01`, `p50` and `p99`, e.g. `us`, `ms`, `conn/s`, `Gbit/s`, `ns`, `MiB`.

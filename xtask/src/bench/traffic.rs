@@ -1,6 +1,8 @@
 //! The measurements that need the lab: first-packet connect latency, connections per second,
-//! established throughput and request/response latency, CPU per million packets, and the
-//! ebpf side of programming (from empty, and endpoint change until traffic follows).
+//! connections per second from the host through a masqueraded NodePort, established
+//! throughput and request/response latency, CPU per million packets, a minute of sustained
+//! load through that NodePort, and the ebpf side of programming (from empty, and endpoint
+//! change until traffic follows).
 //!
 //! One lab serves every size and mode ([`LabBench`]). For each size, the modes run in rounds
 //! and each round starts with a different mode, so slow drift of a shared machine spreads over
@@ -18,17 +20,22 @@ use lb_lab::testing::lab_lock;
 use super::{
     client,
     lab_modes::{wait_until, LabBench, CLIENT_NODE, CLIENT_POD, IPERF_PORT},
+    masq,
     results::{Figure, Mode, Part, Results, Settings},
     stats::percentile,
     STEP_DONE,
 };
 
-/// The parts this module measures.
-pub const PARTS: [Part; 5] = [
+/// The parts this module measures, in the order each mode measures them: the sustained
+/// run last, as the minute of load it leaves behind (TIME_WAIT sockets, conntrack entries)
+/// should weigh on no other part.
+pub const PARTS: [Part; 7] = [
     Part::Connect,
     Part::ConnRate,
+    Part::MasqConnRate,
     Part::Throughput,
     Part::Cpu,
+    Part::Sustained,
     Part::Programming,
 ];
 
@@ -44,6 +51,9 @@ struct Amounts {
     udp_for: Duration,
     full_programs: usize,
     changes: usize,
+    /// The sustained run per mode and round, its client threads, and its slices.
+    sustained_for: Duration,
+    sustained_threads: usize,
 }
 
 impl Amounts {
@@ -60,6 +70,8 @@ impl Amounts {
                 udp_for: Duration::from_secs(2),
                 full_programs: 1,
                 changes: 5,
+                sustained_for: masq::sustained_for(true),
+                sustained_threads: masq::sustained_threads(),
             }
         } else {
             Self {
@@ -73,6 +85,8 @@ impl Amounts {
                 udp_for: Duration::from_secs(5),
                 full_programs: 3,
                 changes: 40,
+                sustained_for: masq::sustained_for(false),
+                sustained_threads: masq::sustained_threads(),
             }
         }
     }
@@ -83,6 +97,16 @@ impl Amounts {
 struct Samples {
     durations: BTreeMap<(&'static str, Mode), Vec<Duration>>,
     values: BTreeMap<(&'static str, Mode), Vec<f64>>,
+    /// Counts summed over the rounds (failures), with how many rounds they cover.
+    totals: BTreeMap<(&'static str, Mode), (f64, usize)>,
+}
+
+impl Samples {
+    fn add_total(&mut self, metric: &'static str, mode: Mode, v: f64) {
+        let t = self.totals.entry((metric, mode)).or_default();
+        t.0 += v;
+        t.1 += 1;
+    }
 }
 
 /// Runs [`run`] the first time it is asked, and nothing after: every lab part is measured
@@ -102,8 +126,10 @@ impl Once {
         if std::mem::replace(&mut self.done, true) {
             return Ok(());
         }
-        run(settings, results, status)
-            .context("the lab parts (connect, conn-rate, throughput, cpu, ebpf programming)")
+        run(settings, results, status).context(
+            "the lab parts (connect, conn-rate, masq-conn-rate, throughput, cpu, sustained, \
+             ebpf programming)",
+        )
     }
 }
 
@@ -116,6 +142,21 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
         return Ok(());
     }
     let amounts = Amounts::new(settings.quick);
+    let masq_parts = parts.contains(&Part::MasqConnRate) || parts.contains(&Part::Sustained);
+    if masq_parts && settings.has_mode(Mode::Direct) {
+        results.note(masq::NO_DIRECT);
+    }
+    let sustained = masq::sustained_size(settings).filter(|_| parts.contains(&Part::Sustained));
+    if let Some((n, e)) = sustained {
+        results.note(format!(
+            "sustained: {:.0} s per mode and round at {n}x{e} (the largest size every baseline \
+             asked for loads), {} client threads in lbk-host, closed loop, through bench-np's \
+             NodePort on worker2 (externalTrafficPolicy=Cluster, backends on control-plane and \
+             worker); modes interleaved with the other parts' rounds",
+            amounts.sustained_for.as_secs_f64(),
+            amounts.sustained_threads
+        ));
+    }
     // Growing N with E fixed only adds services; a new E replaces them all.
     let mut sizes = settings.sizes();
     sizes.sort_by_key(|&(n, e)| (e, n));
@@ -126,6 +167,12 @@ pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&s
     bench.create_pool_pods(&settings.endpoints)?;
     let outcome = (|| -> Result<()> {
         for &size in &sizes {
+            // The sustained run only at its one size.
+            let parts: Vec<Part> = parts
+                .iter()
+                .copied()
+                .filter(|p| *p != Part::Sustained || sustained == Some(size))
+                .collect();
             measure_size(
                 &mut bench, settings, &parts, &amounts, size, results, status,
             )?;
@@ -188,11 +235,16 @@ fn measure_size(
     }
     for ((metric, mode), v) in samples.values {
         let unit = match metric {
-            "conn_rate" => "conn/s",
+            "conn_rate" | "masq_conn_rate" | "sustained_conn_rate" => "conn/s",
             "throughput" => "Gbit/s",
             _ => "ms",
         };
         results.push(summary(metric, mode.name(), size, unit, &v));
+    }
+    for ((metric, mode), (total, rounds)) in samples.totals {
+        let mut f = Figure::single(metric, mode.name(), size, "conns", total);
+        f.samples = rounds;
+        results.push(f);
     }
     measured
 }
@@ -236,7 +288,7 @@ fn rounds(
                 mode.name()
             ));
             bench.switch(mode)?;
-            wait_reachable(bench, mode)?;
+            wait_reachable(bench, mode, traffic)?;
             for &part in traffic {
                 status(&format!("{n}x{e}: {} {part:?}", mode.name()));
                 measure(bench, part, mode, amounts, round, samples, results)
@@ -262,8 +314,29 @@ fn summary(metric: &str, subject: &str, size: (usize, usize), unit: &str, v: &[f
 }
 
 /// Waits until a first exchange through the mode's targets succeeds (a node that has just
-/// switched may still be attaching or loading).
-fn wait_reachable(bench: &LabBench, mode: Mode) -> Result<()> {
+/// switched may still be attaching or loading), from the host through the NodePort too when
+/// a part measures that.
+fn wait_reachable(bench: &LabBench, mode: Mode, traffic: &[Part]) -> Result<()> {
+    if masq::MODES.contains(&mode)
+        && traffic
+            .iter()
+            .any(|p| matches!(p, Part::MasqConnRate | Part::Sustained))
+    {
+        let target = bench.targets.node_port.context("NodePort service")?;
+        let mut last = String::new();
+        wait_until(Duration::from_secs(30), || {
+            let (ok, report) = masq::reachable(target)?;
+            last = report;
+            Ok(ok)
+        })
+        .with_context(|| {
+            format!(
+                "mode {}: the host never reached the NodePort {target}: {last}{}",
+                mode.name(),
+                diagnose(bench, mode, target)
+            )
+        })?;
+    }
     let targets = [
         bench.targets.connect(mode)[0],
         bench.targets.stream(mode, lb_lab::ECHO_PORT),
@@ -310,6 +383,9 @@ fn diagnose(bench: &LabBench, mode: Mode, target: SocketAddr) -> String {
                         || l.contains("10.244.1.2:")
                         || l.contains("-A KUBE-SERVICES")
                         || l.contains("PREROUTING")
+                        || l.contains("NODEPORTS")
+                        || l.contains("nodeport")
+                        || l.contains("POSTROUTING")
                 })
                 .take(40)
                 .collect();
@@ -407,7 +483,65 @@ fn measure(
                 .or_default()
                 .push(ms / (packets / 1e6));
         }
-        Part::Programming | Part::Datapath | Part::Memory => {}
+        Part::MasqConnRate if masq::MODES.contains(&mode) => {
+            let target = bench.targets.node_port.context("NodePort service")?;
+            let before = masq::Counters::read(bench, mode);
+            let run = masq::short_tcp_for(
+                target,
+                amounts.rate_threads,
+                amounts.rate_for,
+                Duration::from_millis(250),
+            )?;
+            if run.report.failed() > 0 || run.report.slow > 0 {
+                results.note(format!(
+                    "masq_conn_rate, {} round {}: {}; counters: {}",
+                    mode.name(),
+                    round + 1,
+                    run.report,
+                    masq::Counters::read(bench, mode).moved_since(&before)
+                ));
+            }
+            samples
+                .values
+                .entry(("masq_conn_rate", mode))
+                .or_default()
+                .push(run.rate());
+            samples.add_total("masq_failures", mode, run.report.failed() as f64);
+        }
+        Part::Sustained if masq::MODES.contains(&mode) => {
+            let target = bench.targets.node_port.context("NodePort service")?;
+            let before = masq::Counters::read(bench, mode);
+            let run = masq::short_tcp_for(
+                target,
+                amounts.sustained_threads,
+                amounts.sustained_for,
+                Duration::from_secs(1),
+            )?;
+            // Every run in the notes: a slow second shows trouble a mean would hide, and the
+            // counters that moved say where packets were lost or refused.
+            results.note(format!(
+                "sustained, {} round {}: {}; 1 s slices: median {:.0}, slowest {:.0} conn/s; \
+                 counters: {}",
+                mode.name(),
+                round + 1,
+                run.report,
+                run.median_slice(),
+                run.slowest(),
+                masq::Counters::read(bench, mode).moved_since(&before)
+            ));
+            samples
+                .values
+                .entry(("sustained_conn_rate", mode))
+                .or_default()
+                .push(run.rate());
+            samples.add_total("sustained_failures", mode, run.report.failed() as f64);
+        }
+        Part::MasqConnRate
+        | Part::Sustained
+        | Part::Programming
+        | Part::Datapath
+        | Part::Memory
+        | Part::Gc => {}
     }
     Ok(())
 }
