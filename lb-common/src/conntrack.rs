@@ -205,7 +205,8 @@ pub mod snat_ports {
     pub const MIN: u16 = 61_000;
     pub const MAX: u16 = 65_535;
     /// Candidate ports tried before a new flow is refused (Cilium's SNAT_COLLISION_RETRIES
-    /// is 32; nf_nat tries up to 128): the preferred port, then random ones. With 70 % of
+    /// is 32; nf_nat tries up to 128): the preferred port, then every port of a range no
+    /// larger than this, or random ones of a larger range. With 70 % of
     /// the range held (2000 live flows and a burst of closing ones on 4536 ports), 64 tries
     /// all fail with probability 1e-10.
     pub const TRIES: u32 = 64;

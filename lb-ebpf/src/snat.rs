@@ -4,11 +4,16 @@
 //! as soon as its flow has ended: expired, or closed and quiet (lb_common's `frees_tuple`).
 //!
 //! Candidates: the preferred port if it lies in the range (the client's own, or the port the
-//! flow had before it was reopened), then random ones, [`snat_ports::TRIES`] in all. Random
-//! rather than Cilium's random-then-consecutive: a closed flow's port is free to a newcomer
-//! only if the newcomer's TCP timestamp is newer (half the time), so held and free ports are
-//! scattered, and consecutive tries would keep landing in the same crowd. The tries run under `bpf_loop`, so the
-//! verifier checks one try rather than every unrolled copy. The search's state lives in a
+//! flow had before it was reopened), then [`snat_ports::TRIES`] tries in all:
+//! - a range no larger than that is swept, each port once from the first candidate on, so a
+//!   flow is refused only when every port is taken (as nf_nat does for small ranges);
+//! - a larger range gets random candidates. Random rather than Cilium's
+//!   random-then-consecutive: a closed flow's port is free to a newcomer only if the
+//!   newcomer's TCP timestamp is newer (half the time), so held and free ports are
+//!   scattered, and consecutive tries would keep landing in the same crowd.
+//!
+//! The tries run under `bpf_loop`, so the verifier checks one try rather than every unrolled
+//! copy. The search's state lives in a
 //! per-CPU scratch slot rather than on the stack: a program and its callback share 512
 //! bytes of stack, and the packet programs need most of them.
 
@@ -39,6 +44,8 @@ pub struct Search {
     max: u32,
     /// The candidate of the current try, host order.
     port: u32,
+    /// 1 when the range has no more ports than tries: step through it instead of guessing.
+    sweep: u32,
     /// 0 still searching, 1 claimed, 2 the table is full.
     outcome: u32,
     /// The new flow's TCP timestamp (see `conntrack::released`).
@@ -84,6 +91,7 @@ pub fn allocate(
         } else {
             random_in(min, max)
         };
+        (*search).sweep = (max - min < snat_ports::TRIES) as u32;
         (*search).outcome = SEARCHING;
         (*search).tsval = tsval;
         bpf_loop(
@@ -108,8 +116,8 @@ fn random_in(min: u32, max: u32) -> u32 {
     min + ((r * (max - min + 1) as u64) >> 32) as u32
 }
 
-/// One try: try `i` claims the current candidate, after moving to a random port (every try
-/// but the first). Returns 1 to stop the loop.
+/// One try: try `i` claims the current candidate, after moving on (every try but the first)
+/// to the next port of a swept range or a random one. Returns 1 to stop the loop.
 extern "C" fn try_port(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = LB_SNAT_SEARCH.get_ptr_mut(0) else {
         return 1;
@@ -120,7 +128,13 @@ extern "C" fn try_port(i: u64, _ctx: *mut c_void) -> i64 {
         return 1;
     }
     if i > 0 {
-        s.port = random_in(s.min, s.max);
+        s.port = if s.sweep == 0 {
+            random_in(s.min, s.max)
+        } else if s.port >= s.max {
+            s.min
+        } else {
+            s.port + 1
+        };
     }
     s.key.dport = (s.port as u16).to_be();
     match claim(&s.key, &s.entry, s.now, &s.timeouts, s.tsval) {
