@@ -14,27 +14,32 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_agent::{
-    attach::{
-        node::{NodeAttachOptions, NodeAttacher},
-        xdp::XdpModeFlag,
-        Attacher, ScanReport,
-    },
-    bpf_log,
-    datapath_config::{
-        check_snat_range, parse_cluster_cidr, read_local_port_range, DatapathSettings,
-        SnatPortRange, LOCAL_PORT_RANGE,
+    datapath::{
+        attach::{
+            node::{NodeAttachOptions, NodeAttacher},
+            xdp::XdpModeFlag,
+            Attacher, ScanReport,
+        },
+        bpf_log,
+        config::{
+            check_snat_range, parse_cluster_cidr, read_local_port_range, DatapathSettings,
+            SnatPortRange, LOCAL_PORT_RANGE,
+        },
+        loader::{self, BpfLogLevel, Object},
+        maps::aya::AyaMaps,
+        privilege,
+        sizing::{self, ConntrackSizes},
     },
     error_chain::error_chain,
-    health::Health,
-    health_check_ports,
-    loader::{self, BpfLogLevel, Object},
-    maps::{aya::AyaMaps, stats::PinnedStats},
-    metrics::{DatapathStats, Metrics},
-    node::{Ipv4Cidr, NodeOverrides},
+    model::node::{Ipv4Cidr, NodeOverrides},
     pipeline::{self, Pipeline, PipelineConfig, RunOptions},
-    privilege,
-    server::{self, Routes},
-    sizing::{self, ConntrackSizes},
+    serve::{
+        datapath_stats::PinnedStats,
+        health::Health,
+        health_check_ports,
+        metrics::{DatapathStats, Metrics},
+        server::{self, Routes},
+    },
     source::{self, SourceSpec, EVENT_QUEUE},
     sync::Syncer,
 };
@@ -223,7 +228,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-// --- Conntrack GC (lb_agent::conntrack_gc) ---
+// --- Conntrack GC (lb_agent::sync::conntrack_gc) ---
 
 /// The conntrack GC's flags.
 #[derive(Debug, clap::Args)]
@@ -239,9 +244,9 @@ struct ConntrackGcFlags {
 }
 
 impl ConntrackGcFlags {
-    fn options(&self) -> lb_agent::conntrack_gc::run::GcOptions {
-        lb_agent::conntrack_gc::run::GcOptions {
-            interval: lb_agent::conntrack_gc::IntervalPolicy::from_flags(
+    fn options(&self) -> lb_agent::sync::conntrack_gc::run::GcOptions {
+        lb_agent::sync::conntrack_gc::run::GcOptions {
+            interval: lb_agent::sync::conntrack_gc::IntervalPolicy::from_flags(
                 self.interval,
                 self.max_interval,
             ),
@@ -256,10 +261,10 @@ impl ConntrackGcFlags {
 fn spawn_conntrack_gc(
     args: &Args,
     metrics: Arc<Metrics>,
-    counts: Arc<lb_agent::conntrack_gc::EntryCounts>,
-) -> Result<lb_agent::conntrack_gc::run::GcHandle> {
+    counts: Arc<lb_agent::sync::conntrack_gc::EntryCounts>,
+) -> Result<lb_agent::sync::conntrack_gc::run::GcHandle> {
     let options = args.conntrack_gc.options();
-    let handle = lb_agent::conntrack_gc::run::spawn(&args.pin_dir, options, metrics, counts)
+    let handle = lb_agent::sync::conntrack_gc::run::spawn(&args.pin_dir, options, metrics, counts)
         .context("starting the conntrack GC")?;
     match options.interval.fixed {
         Some(every) => info!(interval = ?every, "conntrack GC started"),

@@ -14,10 +14,12 @@
 //! [`frontends::service_frontends`] turns one service and its slices into frontends.
 //! [`DesiredIndex`] holds every service's frontends and settles which service owns an
 //! address two of them claim. [`desired_state`] chains the three for whole object lists.
+//! [`node`] is this node as the model sees it (from its Node and the command line).
 
 pub mod frontends;
 pub mod health_check;
 pub mod index;
+pub mod node;
 pub mod service;
 pub mod slice;
 
@@ -39,7 +41,7 @@ pub use index::DesiredIndex;
 pub use service::{parse_service, ServiceInfo};
 pub use slice::{parse_slice, SliceInfo};
 
-use crate::node::{Ipv4Cidr, ThisNode};
+use node::{Ipv4Cidr, ThisNode};
 
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

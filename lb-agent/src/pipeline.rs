@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 mod bench;
+mod heap;
 #[cfg(test)]
 mod tests;
 
@@ -30,17 +31,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    datapath_config::DatapathSettings,
+    datapath::{config::DatapathSettings, maps::DatapathMaps},
     error_chain::error_chain,
-    health::Health,
-    maps::DatapathMaps,
-    metrics::{Metrics, SkipLabels},
     model::{
-        health_check, service_frontends, DesiredFrontend, DesiredIndex, HealthCheck, ObjectId,
-        Parsed, Skipped,
+        health_check,
+        node::{NodeInfo, NodeOverrides, ThisNode},
+        service_frontends, DesiredFrontend, DesiredIndex, HealthCheck, ObjectId, Parsed, Skipped,
     },
-    node::{NodeInfo, NodeOverrides, ThisNode},
-    report::{self, AttachmentsReport, NodeReport, State, STATE_VERSION},
+    serve::{
+        health::Health,
+        metrics::{Metrics, SkipLabels},
+        report::{self, AttachmentsReport, NodeReport, State, STATE_VERSION},
+    },
     source::{Change, EventReceiver, Snapshot, SourceEvent, Update},
     store::Store,
     sync::{SyncError, SyncMode, SyncReport, Syncer},
@@ -156,7 +158,8 @@ impl<M: DatapathMaps> Pipeline<M> {
         self.attachments = attachments;
     }
 
-    /// Follows the health checks this node must answer (see [`crate::health_check_ports`]).
+    /// Follows the health checks this node must answer (see
+    /// [`crate::serve::health_check_ports`]).
     pub fn subscribe_health_checks(&self) -> watch::Receiver<HealthChecks> {
         self.health_checks.subscribe()
     }
@@ -389,7 +392,7 @@ impl<M: DatapathMaps> Pipeline<M> {
             SyncMode::Incremental => self.sync_incremental(),
         };
         if mode == SyncMode::Full {
-            crate::heap::trim();
+            heap::trim();
         }
         match result {
             Ok(report) => {

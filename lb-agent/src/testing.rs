@@ -8,7 +8,7 @@ pub use lb_lab::testing::{root_or_skip as require_root, PinDir};
 pub fn require_object() -> bool {
     lb_lab::testing::require(
         "a test of the embedded eBPF object",
-        crate::loader::EMBEDDED.is_some(),
+        crate::datapath::loader::EMBEDDED.is_some(),
         "no eBPF object was embedded (run `cargo xtask build`)",
     )
 }

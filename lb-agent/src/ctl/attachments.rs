@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::attach::{cgroup, iface_of_pin, uplink, xdp::XdpModeUsed};
+use crate::datapath::attach::{cgroup, iface_of_pin, uplink, xdp::XdpModeUsed};
 
 /// `lbctl stats -o json`'s `attachments`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

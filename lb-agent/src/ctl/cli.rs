@@ -16,7 +16,7 @@ use super::{
     pinned::{self, ConntrackMap, PinnedError},
     services, stats,
 };
-use crate::privilege::{self, PrivilegeError};
+use crate::datapath::privilege::{self, PrivilegeError};
 
 /// Exit status: success, and for `diff`, no differences.
 pub const EXIT_OK: u8 = 0;

@@ -1,10 +1,11 @@
 //! Fetches the agent's desired state from its local `/state` endpoint, for `lbctl diff`.
-//! The schema is [`crate::report::State`]; fields this lbctl does not know are ignored.
+//! The schema is [`crate::serve::report::State`]; fields this lbctl does not know are
+//! ignored.
 
 use std::time::Duration;
 
 use super::http::{self, HttpError};
-use crate::report::State;
+use crate::serve::report::State;
 
 /// Where `lbctl diff` asks by default: the agent's metrics port on this node.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:10249/state";

@@ -3,7 +3,7 @@
 //! Right after a sync the two agree. A difference that stays means a write failed, someone
 //! edited the maps, or the agent's view is wrong: the cases where operators otherwise
 //! have nothing to go on. What the maps must hold for each frontend is specified in
-//! [`crate::report`].
+//! [`crate::serve::report`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +19,7 @@ use super::{
     map_id::MapId,
     snapshot::{Snapshot, UnavailableRecord},
 };
-use crate::report::{State, STATE_VERSION};
+use crate::serve::report::{State, STATE_VERSION};
 
 /// The maps compared; names are optional (compared only when present).
 pub const MAPS: [MapId; 4] = [
@@ -525,7 +525,9 @@ pub fn render(report: &DiffReport) -> String {
 /// The state an agent that programmed `snapshot` would serve (for tests).
 #[cfg(test)]
 pub fn state_of(snapshot: &Snapshot) -> State {
-    use crate::report::{BackendReport, FrontendReport, NodeReport, PolicyReport, Protocol, Scope};
+    use crate::serve::report::{
+        BackendReport, FrontendReport, NodeReport, PolicyReport, Protocol, Scope,
+    };
     let protocol = |p| Protocol::from_number(p).expect("TCP or UDP");
     let frontends: Vec<FrontendReport> = snapshot
         .frontends
@@ -603,7 +605,7 @@ mod tests {
             fixtures::{self, sample, DNS, ECHO},
             snapshot::Unavailable,
         },
-        report::{BackendReport, Protocol, Scope},
+        serve::report::{BackendReport, Protocol, Scope},
     };
     use lb_common::{backend, frontend, proto, Frontend};
 

@@ -32,7 +32,7 @@ use super::{
 /// not declare yet.
 fn pinned_maps(test: &str) -> PinDir {
     let pins = PinDir::new(test);
-    if let Some(object) = crate::loader::EMBEDDED {
+    if let Some(object) = crate::datapath::loader::EMBEDDED {
         // Creates and pins every map; the programs are not loaded, which this does not need.
         EbpfLoader::new()
             .default_map_pin_directory(pins.path())

@@ -12,7 +12,7 @@ use lb_common::{
 use serde::Serialize;
 
 use super::map_id::MapId;
-use crate::maps::RangeKey;
+use crate::datapath::maps::RangeKey;
 
 /// The maps' content. A map that was not asked for, or could not be read, is empty; the
 /// second kind is also listed in `unavailable`, so views can say so instead of showing an

@@ -33,12 +33,12 @@ use lb_common::{
 
 use super::{
     backend_tuple,
+    node::ThisNode,
     service::{PortSpec, ServiceInfo, ServiceType},
     slice::SliceInfo,
     DesiredFrontend, FrontendKind, ObjectKind, Policy, SkipReason, Skipped,
     MAX_BACKENDS_PER_FRONTEND,
 };
-use crate::node::ThisNode;
 
 /// The frontends of `svc` given its `slices` (in name order) and this node. Keys a service
 /// claims twice itself go to its first port; the notes say what was left out.

@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use lb_common::proto;
 
 use super::{
-    ObjectId, ObjectKind, Parsed, SkipReason, Skipped, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
+    node::Ipv4Cidr, ObjectId, ObjectKind, Parsed, SkipReason, Skipped, HEADLESS_LABEL,
+    SERVICE_PROXY_NAME_LABEL,
 };
-use crate::node::Ipv4Cidr;
 
 /// The annotation that lists LoadBalancer source ranges (comma-separated) when
 /// spec.loadBalancerSourceRanges is empty; kube-proxy and the cloud providers honour it.
@@ -230,7 +230,7 @@ fn source_ranges(
     for range in &listed {
         match range.parse::<Ipv4Cidr>() {
             Ok(c) => out.push(c.masked()),
-            Err(crate::node::CidrError::NotIpv4(_)) => {}
+            Err(super::node::CidrError::NotIpv4(_)) => {}
             Err(_) => notes.push(skipped(
                 object.to_owned(),
                 SkipReason::BadSourceRange {

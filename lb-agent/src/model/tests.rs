@@ -1,8 +1,6 @@
+use super::node::ThisNode;
 use super::*;
-use crate::{
-    fixtures::{service, slice},
-    node::ThisNode,
-};
+use crate::fixtures::{service, slice};
 use lb_common::{
     backend::flags::{HOST, LOCAL, TERMINATING},
     frontend, proto,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::{
+    datapath::maps::{aya::AyaMaps, memory::MemoryMaps},
     fixtures::{service, slice},
-    maps::{aya::AyaMaps, memory::MemoryMaps},
     model::{parse_service, parse_slice},
     source::Change,
 };
@@ -122,7 +122,7 @@ fn scale_against_memory_maps() {
 #[ignore = "a measurement; run in release with --ignored --nocapture (root)"]
 fn scale_against_kernel_maps() {
     use crate::{
-        loader::{self, BpfLogLevel, Object},
+        datapath::loader::{self, BpfLogLevel, Object},
         testing::{require_object, require_root, PinDir},
     };
     if !require_root("a benchmark on real BPF maps") || !require_object() {

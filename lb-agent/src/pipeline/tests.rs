@@ -5,11 +5,11 @@ use lb_common::{proto, Backend, BackendSlotKey, CtEntry, CtKey};
 
 use super::*;
 use crate::{
+    datapath::maps::memory::{MemoryMaps, Op},
+    datapath::maps::Write,
     fixtures::{service, slice},
-    maps::memory::{MemoryMaps, Op},
-    metrics::sample,
     model::{parse_service, parse_slice, slice::LAST_CHANGE_TRIGGER_TIME},
-    plan::Write,
+    serve::metrics::sample,
     source::Change,
 };
 
@@ -457,7 +457,7 @@ fn a_zone_change_resyncs_every_service_with_the_new_hints() {
         let n = k8s_openapi::api::core::v1::Node {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(NODE.into()),
-                labels: Some([(crate::node::ZONE_LABEL.to_owned(), zone.to_owned())].into()),
+                labels: Some([(crate::model::node::ZONE_LABEL.to_owned(), zone.to_owned())].into()),
                 ..Default::default()
             },
             ..Default::default()

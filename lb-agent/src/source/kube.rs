@@ -37,9 +37,8 @@ use tracing::{info, warn};
 use super::{Change, EventSender, SourceEvent, Update};
 use crate::{
     error_chain::error_chain,
-    metrics::{Metrics, ResourceLabels},
-    model::{parse_service, parse_slice, ObjectId, Parsed, PROXY_LABEL_SELECTOR},
-    node::NodeInfo,
+    model::{node::NodeInfo, parse_service, parse_slice, ObjectId, Parsed, PROXY_LABEL_SELECTOR},
+    serve::metrics::{Metrics, ResourceLabels},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -9,11 +9,10 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::{
-    health::Health,
-    maps::memory::MemoryMaps,
-    metrics::sample,
-    node::NodeOverrides,
+    datapath::maps::memory::MemoryMaps,
+    model::node::NodeOverrides,
     pipeline::{Pipeline, PipelineConfig},
+    serve::{health::Health, metrics::sample},
     source::{EventReceiver, EVENT_QUEUE},
     sync::{SyncMode, Syncer},
 };

@@ -19,10 +19,7 @@ use std::{path::PathBuf, str::FromStr, time::Instant};
 
 use tokio::sync::mpsc;
 
-use crate::{
-    model::{ObjectId, Parsed, ServiceInfo, SliceInfo},
-    node::NodeInfo,
-};
+use crate::model::{node::NodeInfo, ObjectId, Parsed, ServiceInfo, SliceInfo};
 
 /// How many events may wait for the agent before a source waits in turn.
 pub const EVENT_QUEUE: usize = 4096;

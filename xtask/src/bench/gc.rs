@@ -1,8 +1,9 @@
 //! Conntrack GC cost: the wall and CPU time of one pass of the agent's collector
-//! (`lb_agent::conntrack_gc::run::pass`) over a million conntrack entries, and per entry.
+//! (`lb_agent::sync::conntrack_gc::run::pass`) over a million conntrack entries, and per
+//! entry.
 //!
-//! No lab: the real object is loaded (`lb_agent::loader::load`, as the agent loads it) with
-//! its maps pinned in a private bpffs directory (`lb_lab::testing::PinDir`), the TCP table
+//! No lab: the real object is loaded (`lb_agent::datapath::loader::load`, as the agent loads
+//! it) with its maps pinned in a private bpffs directory (`lb_lab::testing::PinDir`), the TCP table
 //! sized to twice the entries (the agent sizes it from memory; half full is where the
 //! collector starts running rounds back to back, `conntrack_gc::FULL_FILL`). Each round fills it through batch updates with
 //! forward + reply pairs stamped relative to now, then times one pass, which must walk both
@@ -26,9 +27,11 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use lb_agent::{
-    conntrack_gc::run as gc,
-    loader::{self, BpfLogLevel, Object},
-    maps::batch::BatchMap,
+    datapath::{
+        loader::{self, BpfLogLevel, Object},
+        maps::batch::BatchMap,
+    },
+    sync::conntrack_gc::run as gc,
 };
 use lb_common::{
     addr_be,
@@ -353,7 +356,7 @@ fn mix(flows: usize, now: u64) -> (Vec<CtKey>, Vec<CtEntry>) {
 mod tests {
     use std::collections::HashMap;
 
-    use lb_agent::conntrack_gc::{decide, partner_of, Decision};
+    use lb_agent::sync::conntrack_gc::{decide, partner_of, Decision};
     use lb_common::CtTimeouts;
 
     use super::*;

@@ -205,7 +205,7 @@ fn markdown(
          ebpf mode): host `TCPSynRetrans` with as many `OutRsts` is Linux answering an ACK that \
          does not acknowledge its SYN (such as a TIME_WAIT socket's on a reused tuple) with a \
          reset, then sending the SYN again. `gc_pass` is one pass of the agent's conntrack GC \
-         (`lb_agent::conntrack_gc::run::pass`) over a filled table: wall time and the \
+         (`lb_agent::sync::conntrack_gc::run::pass`) over a filled table: wall time and the \
          thread's CPU time."
     );
     for n in notes {

@@ -9,8 +9,7 @@ use lb_common::{
     Backend, BackendId, BackendSlotKey, Config, CtEntry, CtKey, Frontend, FrontendKey, ServiceName,
 };
 
-use super::{DatapathMaps, MapsError, RangeKey};
-use crate::plan::Write;
+use super::{DatapathMaps, MapsError, RangeKey, Write};
 
 /// A write, as the log records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

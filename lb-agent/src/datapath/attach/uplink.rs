@@ -21,7 +21,7 @@ use nix::net::if_::if_nametoindex;
 use tracing::debug;
 
 use super::{adopt, attach_one, iface_of_pin, pin_err, pin_name, release_one, AttachError, Held};
-use crate::loader::{FROM_NET, TO_NET};
+use crate::datapath::loader::{FROM_NET, TO_NET};
 
 /// Subdirectory of the links directory for the uplink's ingress link.
 pub const DIR: &str = "uplink";

@@ -31,7 +31,8 @@ use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use crate::{health::Health, model::ObjectId, pipeline::HealthChecks};
+use super::health::Health;
+use crate::{model::ObjectId, pipeline::HealthChecks};
 
 /// How often ports that could not be bound are tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(5);

@@ -41,7 +41,7 @@ use aya::{
 use nix::net::if_::{if_nameindex, if_nametoindex};
 use tracing::debug;
 
-use crate::loader::{FROM_POD, TO_POD};
+use crate::datapath::loader::{FROM_POD, TO_POD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -406,7 +406,7 @@ pub(crate) fn attach_one(
 mod tests {
     use super::*;
     use crate::{
-        loader::{self, BpfLogLevel, Object},
+        datapath::loader::{self, BpfLogLevel, Object},
         testing::{require_object, require_root, PinDir},
     };
     use aya::programs::SchedClassifier;

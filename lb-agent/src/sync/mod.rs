@@ -1,7 +1,14 @@
-//! Brings the maps to the desired state, by one of two paths:
+//! From the desired state to the maps: [`plan`](mod@plan) turns what the maps hold into
+//! the ordered writes that reach the desired state (with service and backend [`ids`]),
+//! [`programmed`] records what the maps hold after each sync, and [`conntrack`] names the
+//! UDP flows a change leaves without a target. [`Syncer`] applies them through
+//! [`maps`](crate::datapath::maps). [`conntrack_gc`] keeps the conntrack tables clean
+//! meanwhile, on a thread of its own.
 //!
-//! - a full sync reads the maps, plans the whole difference ([`crate::plan`]), writes it in
-//!   order, and records what the maps now hold ([`Programmed`]);
+//! The syncer brings the maps to the desired state by one of two paths:
+//!
+//! - a full sync reads the maps, plans the whole difference ([`plan`](mod@plan)), writes
+//!   it in order, and records what the maps now hold ([`Programmed`]);
 //! - an incremental sync plans only the frontends that changed against that record and
 //!   writes them with point writes, so one endpoint change costs a handful of syscalls
 //!   whatever the number of services.
@@ -10,8 +17,15 @@
 //! programming latency is taken before that scan, which is proportional to the conntrack
 //! table and not to the change).
 //!
-//! There are no batched map operations in aya 0.14 (`BPF_MAP_*_BATCH`): a full sync is
-//! one syscall per write. The caller runs it where blocking is allowed.
+//! A full sync is one syscall per write: the service maps are small next to conntrack, and
+//! only the conntrack walks use [`batch`](crate::datapath::maps::batch)ed operations. The
+//! caller runs it where blocking is allowed.
+
+pub mod conntrack;
+pub mod conntrack_gc;
+pub mod ids;
+pub mod plan;
+pub mod programmed;
 
 use std::{
     collections::HashMap,
@@ -20,13 +34,17 @@ use std::{
 
 use lb_common::{FrontendKey, ServiceName};
 
-use crate::{
+use self::{
     conntrack::StaleFlows,
-    datapath_config::DatapathSettings,
-    maps::{DatapathMaps, MapState, MapsError},
-    model::{DesiredFrontend, DesiredState, DesiredView},
-    plan::{plan, PlanError, Write},
+    plan::{plan, PlanError},
     programmed::{MapCounts, Programmed},
+};
+use crate::{
+    datapath::{
+        config::DatapathSettings,
+        maps::{DatapathMaps, MapState, MapsError, Write},
+    },
+    model::{DesiredFrontend, DesiredState, DesiredView},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -321,10 +339,9 @@ impl<M: DatapathMaps> Syncer<M> {
 mod tests {
     use super::*;
     use crate::{
+        datapath::maps::memory::{MemoryMaps, Op},
         fixtures::{service, slice},
-        maps::memory::{MemoryMaps, Op},
-        model::desired_state,
-        node::ThisNode,
+        model::{desired_state, node::ThisNode},
     };
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use lb_common::{
@@ -575,7 +592,7 @@ mod tests {
 
     #[test]
     fn changed_settings_are_written_once_with_the_seed_kept() {
-        use crate::datapath_config::SnatPortRange;
+        use crate::datapath::config::SnatPortRange;
         let state = desired(&[web("TCP")], &[endpoints("TCP", &["10.244.1.2"])]);
         let mut syncer = synced(&state);
         let seed = syncer.maps.config.hash_seed;

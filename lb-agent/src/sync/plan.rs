@@ -22,25 +22,14 @@ use std::collections::{btree_map::Entry, BTreeMap, BTreeSet};
 
 use lb_common::{proto, Backend, BackendId, BackendSlotKey, Frontend, FrontendKey, SourceRange};
 
-use crate::{
+use super::{
     conntrack::StaleFlows,
     ids::{Exhausted, IdAllocator},
-    maps::{MapState, RangeKey},
+};
+use crate::{
+    datapath::maps::{MapState, RangeKey, Write},
     model::{DesiredFrontend, DesiredView},
 };
-
-/// One map write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Write {
-    PutBackend(BackendId, Backend),
-    PutSlot(BackendSlotKey, BackendId),
-    PutFrontend(FrontendKey, Frontend),
-    DeleteFrontend(FrontendKey),
-    DeleteSlot(BackendSlotKey),
-    DeleteBackend(BackendId),
-    PutSourceRange(RangeKey),
-    DeleteSourceRange(RangeKey),
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {

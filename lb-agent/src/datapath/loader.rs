@@ -17,7 +17,7 @@ use lb_common::{
     SockRevKey, SourceRange,
 };
 
-use crate::bpffs::{self, BpffsError};
+use super::bpffs::{self, BpffsError};
 
 /// tc ingress on pod veths: what pods send.
 pub const FROM_POD: &str = "lb_from_pod";
@@ -303,7 +303,7 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
 mod tests {
     use super::*;
     use crate::{
-        maps::{aya::AyaMaps, DatapathMaps},
+        datapath::maps::{aya::AyaMaps, DatapathMaps},
         testing::{require_object, require_root, PinDir},
     };
     use aya::maps::MapData;

@@ -47,10 +47,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
+use crate::sync::{
     conntrack_gc::{DeleteReason, PassReport},
     programmed::MapCounts,
-    sync::SyncMode,
+    SyncMode,
 };
 
 /// Latency buckets in seconds: the agent programs in milliseconds, kube-proxy in seconds;
@@ -226,7 +226,7 @@ impl Metrics {
     }
 }
 
-// --- Conntrack GC (crate::conntrack_gc) ---
+// --- Conntrack GC (crate::sync::conntrack_gc) ---
 
 /// Pass durations in seconds: a small table takes a millisecond, a pass is cut at its
 /// budget (a second by default).
@@ -563,7 +563,7 @@ mod tests {
 
     #[test]
     fn conntrack_gc_passes_render() {
-        use crate::conntrack_gc::TableReport;
+        use crate::sync::conntrack_gc::TableReport;
         let m = Metrics::new(None);
         let text = m.encode().expect("encode");
         // At 0 before the first pass.

@@ -47,10 +47,7 @@ use std::net::Ipv4Addr;
 use lb_common::{backend, frontend, proto, FrontendKey};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    model::{DesiredFrontend, FrontendKind},
-    node::ThisNode,
-};
+use crate::model::{node::ThisNode, DesiredFrontend, FrontendKind};
 
 /// [`State::version`] of this schema.
 pub const STATE_VERSION: u32 = 1;

@@ -22,7 +22,7 @@ use aya::{
 use tracing::debug;
 
 use super::{sys, AttachError};
-use crate::loader::SOCK_PROGRAMS;
+use crate::datapath::loader::SOCK_PROGRAMS;
 
 /// Subdirectory of the links directory for the cgroup links.
 pub const DIR: &str = "cgroup";

@@ -4,13 +4,12 @@
 //! Reads return whole maps: a full sync diffs against what the maps actually hold, never
 //! against a cache of what it believes it wrote, so a restarted agent, a failed write or a
 //! hand edit are all repaired by the next full sync. Incremental syncs plan against the
-//! record the last full sync made ([`crate::programmed`]) and use point writes only.
+//! record the last full sync made ([`crate::sync::programmed`]) and use point writes only.
 
 pub mod aya;
 pub mod batch;
 #[cfg(test)]
 pub mod memory;
-pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,7 +18,18 @@ use lb_common::{
     SourceRange,
 };
 
-use crate::plan::Write;
+/// One map write: what a sync plan is made of ([`crate::sync::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    PutBackend(BackendId, Backend),
+    PutSlot(BackendSlotKey, BackendId),
+    PutFrontend(FrontendKey, Frontend),
+    DeleteFrontend(FrontendKey),
+    DeleteSlot(BackendSlotKey),
+    DeleteBackend(BackendId),
+    PutSourceRange(RangeKey),
+    DeleteSourceRange(RangeKey),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {

@@ -411,7 +411,7 @@ fn the_runner_collects_at_once_and_again_when_the_datapath_drops_for_room() {
     };
     let runs = |m: &Metrics| {
         let text = m.encode().expect("encode");
-        crate::metrics::sample(&text, "lb_conntrack_gc_runs_total", "")
+        crate::serve::metrics::sample(&text, "lb_conntrack_gc_runs_total", "")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
@@ -430,11 +430,11 @@ fn the_runner_collects_at_once_and_again_when_the_datapath_drops_for_room() {
     assert_eq!(counted.len(), 2, "{counted:?}");
     let text = metrics.encode().expect("encode");
     assert_eq!(
-        crate::metrics::sample(&text, "lb_conntrack_gc_interval_seconds", ""),
+        crate::serve::metrics::sample(&text, "lb_conntrack_gc_interval_seconds", ""),
         Some("3600.0")
     );
     assert_eq!(
-        crate::metrics::sample(
+        crate::serve::metrics::sample(
             &text,
             "lb_conntrack_gc_deleted_total",
             "table=\"LB_CT4_TCP\",reason=\"orphan\""

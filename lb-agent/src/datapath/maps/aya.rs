@@ -246,11 +246,12 @@ impl DatapathMaps for AyaMaps {
 mod tests {
     use super::*;
     use crate::{
+        datapath::{
+            loader::{self, BpfLogLevel, Object},
+            maps::{memory::MemoryMaps, MapState},
+        },
         fixtures::{service, slice},
-        loader::{self, BpfLogLevel, Object},
-        maps::{memory::MemoryMaps, MapState},
-        model::desired_state,
-        node::ThisNode,
+        model::{desired_state, node::ThisNode},
         sync::Syncer,
         testing::{require_object, require_root, PinDir},
     };

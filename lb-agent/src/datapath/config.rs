@@ -8,7 +8,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use lb_common::{conntrack::snat_ports, Config, CtTimeouts};
 
-use crate::node::{CidrError, Ipv4Cidr, ThisNode};
+use crate::model::node::{CidrError, Ipv4Cidr, ThisNode};
 
 /// Inclusive range of masquerade source ports (`--snat-port-range`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,10 @@ use super::{
     xdp::{UplinkXdp, XdpModeFlag},
     AttachError,
 };
-use crate::{error_chain::error_chain, metrics::Metrics, report::AttachmentsReport};
+use crate::{
+    error_chain::error_chain,
+    serve::{metrics::Metrics, report::AttachmentsReport},
+};
 
 /// The node-side flags.
 #[derive(Clone, Debug)]
@@ -153,8 +156,10 @@ impl NodeAttacher {
 mod tests {
     use super::*;
     use crate::{
-        attach::{cgroup, xdp::XdpModeUsed},
-        loader::{self, BpfLogLevel, Object, FROM_NET},
+        datapath::{
+            attach::{cgroup, xdp::XdpModeUsed},
+            loader::{self, BpfLogLevel, Object, FROM_NET},
+        },
         testing::{require_object, require_root, PinDir},
     };
     use aya::programs::{SchedClassifier, TcAttachType};

@@ -1,8 +1,9 @@
 //! The agent's HTTP endpoints, as kube-proxy lays them out:
 //! - the metrics port (`--metrics-bind-address`, 10249): `/metrics`, `/state` (the
-//!   desired state, [`crate::report`]), and `/healthz` and `/livez` as on the health port;
+//!   desired state, [`report`](super::report)), and `/healthz` and `/livez` as on the
+//!   health port;
 //! - the health port (`--healthz-bind-address`, 10256): `/healthz` and `/livez`
-//!   ([`crate::health`]).
+//!   ([`health`](super::health)).
 
 use std::{
     convert::Infallible,
@@ -25,7 +26,8 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{health::Health, metrics::Metrics, pipeline::StateRequest};
+use super::{health::Health, metrics::Metrics};
+use crate::pipeline::StateRequest;
 
 /// How long `/state` waits for the pipeline (busy with a large full sync, at worst).
 const STATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,7 +108,7 @@ async fn desired_state(requests: &mpsc::Sender<StateRequest>) -> Reply {
     }
 }
 
-fn probe(p: crate::health::Probe) -> Reply {
+fn probe(p: super::health::Probe) -> Reply {
     let status = if p.healthy {
         StatusCode::OK
     } else {
@@ -231,9 +233,11 @@ mod tests {
 
         let answer = tokio::spawn(async move {
             let request = requests.recv().await.expect("a state request");
-            let _ = request.send(crate::report::State {
-                version: crate::report::STATE_VERSION,
-                node: crate::report::NodeReport::new(&crate::node::ThisNode::named("n")),
+            let _ = request.send(crate::serve::report::State {
+                version: crate::serve::report::STATE_VERSION,
+                node: crate::serve::report::NodeReport::new(&crate::model::node::ThisNode::named(
+                    "n",
+                )),
                 synced: true,
                 services: 0,
                 frontends: vec![],

@@ -6,21 +6,23 @@
 //! the next sync is a full one that reads the maps again: it can be stale only if something
 //! other than this agent edits the maps, which the periodic full resync repairs.
 //!
-//! The incremental plan keeps the guarantees of the full one ([`crate::plan`]): backends,
-//! then slots, then frontends are written, and only then are frontends, slots and backends
-//! removed; ids keep their owners, and an id freed by this batch is not handed out again
-//! in the same batch (its old slots are still in the map until the batch's removals).
+//! The incremental plan keeps the guarantees of the full one ([`plan`](mod@super::plan)):
+//! backends, then slots, then frontends are written, and only then are frontends, slots and
+//! backends removed; ids keep their owners, and an id freed by this batch is not handed out
+//! again in the same batch (its old slots are still in the map until the batch's removals).
 
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{proto, Backend, BackendId, BackendSlotKey, Frontend, FrontendKey};
 
-use crate::{
+use super::{
     conntrack::StaleFlows,
     ids::IdAllocator,
-    maps::{MapState, RangeKey},
+    plan::{range_keys, tuple, Plan, PlanError, Tuple},
+};
+use crate::{
+    datapath::maps::{MapState, RangeKey, Write},
     model::{DesiredFrontend, DesiredView},
-    plan::{range_keys, tuple, Plan, PlanError, Tuple, Write},
 };
 
 /// Entries per service map, as the syncer knows them.

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::{iface_of_pin, pin_err, pin_name, AttachError};
-use crate::loader::XDP;
+use crate::datapath::loader::XDP;
 
 /// `--xdp-mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

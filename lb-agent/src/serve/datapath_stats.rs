@@ -13,11 +13,14 @@ use std::{
 use aya::maps::{MapData, MapInfo, PerCpuArray};
 use lb_common::maps as names;
 
-use super::{
-    aya::{open_pinned, typed},
-    MapsError,
+use super::metrics::DatapathStats;
+use crate::{
+    datapath::maps::{
+        aya::{open_pinned, typed},
+        MapsError,
+    },
+    sync::conntrack_gc::EntryCounts,
 };
-use crate::{conntrack_gc::EntryCounts, metrics::DatapathStats};
 
 /// Reads the maps pinned under one directory.
 pub struct PinnedStats {

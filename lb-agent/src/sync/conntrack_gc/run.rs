@@ -34,13 +34,13 @@ use super::{
 };
 use crate::{
     ctl::monotonic_ns,
-    error_chain::error_chain,
-    maps::{
+    datapath::maps::{
         aya::{open_pinned, typed},
         batch::{BatchMap, Cursor, Walk, BPF_NOEXIST},
         MapsError,
     },
-    metrics::Metrics,
+    error_chain::error_chain,
+    serve::metrics::Metrics,
 };
 
 /// Entries read per batch lookup: large enough that syscalls are a small part of a pass,
