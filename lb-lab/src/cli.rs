@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::daemonset::AgentPrivileges;
 use crate::lab::{command_in, AgentSource, Lab, UpOptions};
 use crate::manifests::{split_by_object, Store};
 use crate::plan::Plan;
@@ -39,6 +40,10 @@ pub enum LabCommand {
         /// off (full checksums, no TSO), for comparison.
         #[arg(long, value_enum, default_value_t = Offloads::Kind)]
         offloads: Offloads,
+        /// How the agents run: `daemonset` as uid 0 with only the capabilities of
+        /// deploy/lb-agent.yaml (through setpriv), as in a cluster; `root` with all.
+        #[arg(long, value_enum, default_value_t = AgentPrivileges::Daemonset)]
+        agent_privileges: AgentPrivileges,
         /// Extra arguments for every agent, after `--` (e.g. `-- --bpf-log debug`).
         #[arg(last = true)]
         agent_args: Vec<String>,
@@ -101,6 +106,7 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
             timeout_secs,
             agent_source,
             offloads,
+            agent_privileges,
             agent_args,
         } => {
             let _lock = lock()?;
@@ -111,6 +117,7 @@ pub fn run(cmd: LabCommand, bins: &crate::Binaries) -> Result<()> {
                 agent_args,
                 agent_source,
                 offloads,
+                agent_privileges,
             };
             let lab = Lab::up(bins, opts)?;
             if agent_source == AgentSource::Kube {
@@ -221,9 +228,9 @@ fn apply(bins: &Binaries, file: &Path) -> Result<()> {
                 .map(|(_, slices, eps)| format!(", {slices} EndpointSlice(s), {eps} endpoints"))
                 .unwrap_or_default();
             // The first document is the object as the server stored it.
-            let cluster_ip = serde_yaml::Deserializer::from_str(&rendered.yaml)
+            let cluster_ip = serde_norway::Deserializer::from_str(&rendered.yaml)
                 .next()
-                .and_then(|doc| serde_yaml::Value::deserialize(doc).ok())
+                .and_then(|doc| serde_norway::Value::deserialize(doc).ok())
                 .and_then(|v| v["spec"]["clusterIP"].as_str().map(str::to_string))
                 .map(|ip| format!(" (clusterIP {ip}{derived})"))
                 .unwrap_or_default();
@@ -335,6 +342,7 @@ mod tests {
             cli.cmd,
             LabCommand::Up {
                 offloads: Offloads::Kind,
+                agent_privileges: AgentPrivileges::Daemonset,
                 ..
             }
         ));
@@ -343,6 +351,7 @@ mod tests {
             cli.cmd,
             LabCommand::Up {
                 offloads: Offloads::Off,
+                agent_privileges: AgentPrivileges::Daemonset,
                 ..
             }
         ));

@@ -287,7 +287,7 @@ impl ControlPlane<'_> {
                     )
                     .with_context(|| format!("setting the status of {}", doc.id))?;
             }
-            out.push(serde_yaml::to_string(&stored)?);
+            out.push(serde_norway::to_string(&stored)?);
             if key.resource == Resource::Services {
                 let slices = slices_of(&client, &key)?;
                 let endpoints = slices
@@ -296,7 +296,7 @@ impl ControlPlane<'_> {
                     .sum();
                 derived.push((doc.id.clone(), slices.len(), endpoints));
                 for slice in &slices {
-                    out.push(serde_yaml::to_string(slice)?);
+                    out.push(serde_norway::to_string(slice)?);
                 }
             }
         }

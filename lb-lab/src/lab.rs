@@ -15,6 +15,7 @@ use crate::apiserver::{Client, PauseMode};
 use crate::bpffs;
 use crate::cgroup;
 use crate::control_plane::ControlPlane;
+use crate::daemonset::{self, AgentPrivileges};
 use crate::manifests::{Rendered, Store};
 use crate::netns;
 use crate::plan::{Node, Plan, Pod, CLUSTER_CIDR, ECHO_PORT};
@@ -59,6 +60,8 @@ pub struct UpOptions {
     pub agent_source: AgentSource,
     /// Transmit offloads on the host's and nodes' `eth0`: Kind's veth defaults, or off.
     pub offloads: Offloads,
+    /// The DaemonSet's capabilities only (the default), or root's.
+    pub agent_privileges: AgentPrivileges,
 }
 
 impl Default for UpOptions {
@@ -70,6 +73,7 @@ impl Default for UpOptions {
             agent_args: Vec::new(),
             agent_source: AgentSource::default(),
             offloads: Offloads::default(),
+            agent_privileges: AgentPrivileges::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct Lab {
     agents: bool,
     source: AgentSource,
     offloads: Offloads,
+    privileges: AgentPrivileges,
 }
 
 impl Lab {
@@ -131,6 +136,7 @@ impl Lab {
             agents: !opts.no_agents,
             source: opts.agent_source,
             offloads: opts.offloads,
+            privileges: opts.agent_privileges,
         };
         match lab.build(&opts) {
             Ok(()) => Ok(lab),
@@ -176,6 +182,7 @@ impl Lab {
             AgentSource::File
         };
         let offloads = read_offloads(&state)?;
+        let privileges = read_privileges(&state)?;
         Ok(Lab {
             bins: bins.clone(),
             plan,
@@ -183,6 +190,7 @@ impl Lab {
             agents,
             source,
             offloads,
+            privileges,
         })
     }
 
@@ -229,6 +237,11 @@ impl Lab {
     /// Whether agents were started.
     pub fn has_agents(&self) -> bool {
         self.agents
+    }
+
+    /// How the lab starts its agents.
+    pub fn agent_privileges(&self) -> AgentPrivileges {
+        self.privileges
     }
 
     /// The transmit offloads the lab was brought up with.
@@ -690,6 +703,44 @@ impl Lab {
         self.wait_for(vec![Waiting::Agent(node.name)], Duration::from_secs(30))
     }
 
+    /// Starts node `node`'s agent (none may be running) with only `capabilities`
+    /// (Kubernetes spelling, e.g. `["BPF", "NET_ADMIN"]`) and waits up to `timeout` for it
+    /// to get ready or exit: `Ok(None)` if it got ready, else `Ok(Some(log))` with what it
+    /// printed before it exited.
+    ///
+    /// # Errors
+    /// If the node is unknown, the agent cannot be started, or it neither gets ready nor
+    /// exits in time.
+    pub fn try_agent_with_capabilities(
+        &self,
+        node: &str,
+        capabilities: &[String],
+        timeout: Duration,
+    ) -> Result<Option<String>> {
+        let node = self.known_node(node)?.clone();
+        remove_file_if_exists(&self.state.ready_file(&node.name))?;
+        let record = self.spawn_agent_as(&node, Some(capabilities), &[])?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state.ready_file(&node.name).exists() {
+                return Ok(None);
+            }
+            if !process::is_alive(record) {
+                return Ok(Some(process::log_tail(
+                    &self.state.agent_log(&node.name),
+                    LOG_TAIL_LINES,
+                )));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent of node {} neither got ready nor exited in {timeout:?}",
+                    node.name
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The pid of node `node`'s running agent.
     ///
     /// # Errors
@@ -814,6 +865,8 @@ impl Lab {
         // Before anything is built, so that whoever attaches meanwhile knows the setting.
         write_atomic(&s.offloads(), self.offloads.name().as_bytes())
             .with_context(|| format!("cannot write {}", s.offloads().display()))?;
+        write_atomic(&s.agent_privileges(), self.privileges.name().as_bytes())
+            .with_context(|| format!("cannot write {}", s.agent_privileges().display()))?;
         self.control_plane().forget()?;
         PodStates::all_default(self.plan.pods.iter().map(|p| p.name.as_str())).save(&s.pod_states())
     }
@@ -839,6 +892,21 @@ impl Lab {
     }
 
     fn spawn_agent(&self, node: &Node, extra: &[String]) -> Result<PidRecord> {
+        match self.privileges {
+            AgentPrivileges::Daemonset => {
+                self.spawn_agent_as(node, Some(&daemonset::agent_capabilities()?), extra)
+            }
+            AgentPrivileges::Root => self.spawn_agent_as(node, None, extra),
+        }
+    }
+
+    /// Starts the agent as uid 0 with only `capabilities`, or with all of them.
+    fn spawn_agent_as(
+        &self,
+        node: &Node,
+        capabilities: Option<&[String]>,
+        extra: &[String],
+    ) -> Result<PidRecord> {
         let pin_dir = bpffs::pin_dir(&node.name);
         fs::create_dir_all(&pin_dir)
             .with_context(|| format!("cannot create {}", pin_dir.display()))?;
@@ -871,11 +939,23 @@ impl Lab {
             cgroup::create(&node.name)?.into(),
         ]);
         args.extend(extra.iter().map(OsString::from));
+        let (program, args) = match capabilities {
+            None => (self.bins.agent.clone(), args),
+            Some(caps) => {
+                let mut setpriv: Vec<OsString> = daemonset::setpriv_args(caps)
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect();
+                setpriv.push(self.bins.agent.clone().into());
+                setpriv.extend(args);
+                (PathBuf::from("setpriv"), setpriv)
+            }
+        };
         process::spawn(&DaemonSpec {
             ns: node.ns.clone(),
             // The agent stays outside the cgroup it attaches to (DEVELOPERS.md).
             cgroup: None,
-            program: self.bins.agent.clone(),
+            program,
             args,
             log: self.state.agent_log(&node.name),
             pid_file: self.state.agent_pid(&node.name),
@@ -1044,7 +1124,27 @@ fn preflight(bins: &Binaries, opts: &UpOptions) -> Result<()> {
             );
         }
     }
+    if !opts.no_agents && opts.agent_privileges == AgentPrivileges::Daemonset {
+        daemonset::agent_capabilities()?;
+        crate::cmd::run(Command::new("setpriv").arg("--version")).context(
+            "util-linux's setpriv starts the agents with the DaemonSet's capabilities \
+             (apt-get install util-linux, or `lab up --agent-privileges root`)",
+        )?;
+    }
     Ok(())
+}
+
+/// How the running lab starts its agents. A lab brought up before this was recorded ran
+/// them as root.
+fn read_privileges(state: &StateDir) -> Result<AgentPrivileges> {
+    let path = state.agent_privileges();
+    let name = match fs::read_to_string(&path) {
+        Ok(name) => name,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AgentPrivileges::Root),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    AgentPrivileges::from_name(name.trim())
+        .with_context(|| format!("{} holds {name:?}, not daemonset or root", path.display()))
 }
 
 /// The offloads recorded for the running lab. A lab brought up before they were recorded

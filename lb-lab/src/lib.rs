@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod cmd;
 pub mod control_plane;
+pub mod daemonset;
 pub mod echo;
 pub mod flow;
 pub mod kindnet;

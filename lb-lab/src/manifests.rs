@@ -7,7 +7,7 @@ use std::fs;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::plan::{Pod, POD_NAMESPACE};
 use crate::pod_state::PodStates;
@@ -18,7 +18,7 @@ use crate::state::{remove_file_if_exists, write_atomic, StateDir};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("not valid YAML: {0}")]
-    Yaml(#[source] serde_yaml::Error),
+    Yaml(#[source] serde_norway::Error),
     #[error(
         "document {index}: not a Kubernetes object (needs apiVersion, kind and metadata.name)"
     )]
@@ -28,7 +28,7 @@ pub enum ManifestError {
         index: usize,
         name: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("`{0}` is not a valid manifest name (letters, digits, '.', '_' and '-'; not starting with '.')")]
     BadName(String),
@@ -92,7 +92,7 @@ pub struct Document {
 /// If the YAML is invalid, a document is not an object, or nothing is left.
 pub fn parse(yaml: &str) -> Result<Vec<Document>, ManifestError> {
     let mut docs = Vec::new();
-    for (index, de) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+    for (index, de) in serde_norway::Deserializer::from_str(yaml).enumerate() {
         let mut value = Value::deserialize(de).map_err(ManifestError::Yaml)?;
         if value.is_null() {
             continue;
@@ -146,7 +146,7 @@ pub fn render(yaml: &str, pods: &[Pod], states: &PodStates) -> Result<Rendered, 
         if !is_service(&doc.id) {
             continue;
         }
-        let svc: Service = serde_yaml::from_value(doc.value.clone()).map_err(|source| {
+        let svc: Service = serde_norway::from_value(doc.value.clone()).map_err(|source| {
             ManifestError::InvalidService {
                 index,
                 name: doc.id.name.clone(),
@@ -168,7 +168,7 @@ pub fn render(yaml: &str, pods: &[Pod], states: &PodStates) -> Result<Rendered, 
 }
 
 fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, ManifestError> {
-    serde_yaml::to_string(value).map_err(ManifestError::Yaml)
+    serde_norway::to_string(value).map_err(ManifestError::Yaml)
 }
 
 /// Splits `yaml` into one manifest per object, named by [`ObjectId::manifest_name`], so that
@@ -321,7 +321,7 @@ spec:
     fn render_adds_slices_after_each_service_and_defaults_the_namespace() {
         let plan = Plan::kind();
         let rendered = render(TWO_SERVICES, &plan.pods, &PodStates::default()).unwrap();
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered.yaml)
+        let docs: Vec<Value> = serde_norway::Deserializer::from_str(&rendered.yaml)
             .map(|d| Value::deserialize(d).unwrap())
             .collect();
         let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -330,7 +330,7 @@ spec:
             ["Service", "EndpointSlice", "Service", "EndpointSlice"]
         );
         assert_eq!(docs[0]["metadata"]["namespace"].as_str(), Some("default"));
-        let slice: EndpointSlice = serde_yaml::from_value(docs[1].clone()).unwrap();
+        let slice: EndpointSlice = serde_norway::from_value(docs[1].clone()).unwrap();
         assert_eq!(slice.endpoints.len(), 6);
         assert_eq!(docs[3]["apiVersion"].as_str(), Some("discovery.k8s.io/v1"));
         assert_eq!(rendered.derived[1].2, 3);

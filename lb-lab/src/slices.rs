@@ -325,7 +325,7 @@ mod tests {
     use crate::plan::Plan;
 
     fn service(yaml: &str) -> Service {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     const ECHO: &str = "
@@ -533,7 +533,7 @@ spec:
     #[test]
     fn api_pods_without_an_ip_or_finished_are_left_out_and_ports_default_to_tcp() {
         let pod = |status: &str| -> KubePod {
-            serde_yaml::from_str(&format!(
+            serde_norway::from_str(&format!(
                 "{{metadata: {{name: p, namespace: default, uid: u1, labels: {{app: x}}}},
                   spec: {{nodeName: worker, containers: [{{name: c, ports: [{{name: web, containerPort: 80}}, {{containerPort: 81}}]}}]}},
                   status: {status}}}"

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// <state_dir>/logs/<what>.log         their stdout and stderr
 /// <state_dir>/<node>.ready            written by each agent after its first sync
 /// <state_dir>/offloads                the running lab's `--offloads` (`kind` or `off`)
+/// <state_dir>/agent-privileges        its `--agent-privileges` (`daemonset` or `root`)
 /// <state_dir>/apiserver.json          the API server's store (kube mode), plus .journal
 /// <state_dir>/kubeconfig              how the agents (and you) reach the API server
 /// ```
@@ -73,6 +74,10 @@ impl StateDir {
 
     pub fn offloads(&self) -> PathBuf {
         self.root.join("offloads")
+    }
+
+    pub fn agent_privileges(&self) -> PathBuf {
+        self.root.join("agent-privileges")
     }
 
     pub fn apiserver_state(&self) -> PathBuf {

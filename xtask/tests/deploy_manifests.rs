@@ -16,9 +16,9 @@ fn deploy(file: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn documents(text: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("valid YAML document"))
+fn documents(text: &str) -> Vec<serde_norway::Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| serde_norway::Value::deserialize(d).expect("valid YAML document"))
         .collect()
 }
 
@@ -28,9 +28,9 @@ fn agent_manifest_holds_typed_objects_that_parse() {
     for doc in documents(&deploy("lb-agent.yaml")) {
         let kind = doc["kind"].as_str().expect("kind").to_string();
         match kind.as_str() {
-            "ServiceAccount" => drop(serde_yaml::from_value::<ServiceAccount>(doc).unwrap()),
+            "ServiceAccount" => drop(serde_norway::from_value::<ServiceAccount>(doc).unwrap()),
             "ClusterRole" => {
-                let role: ClusterRole = serde_yaml::from_value(doc).unwrap();
+                let role: ClusterRole = serde_norway::from_value(doc).unwrap();
                 let resources: Vec<String> = role
                     .rules
                     .unwrap_or_default()
@@ -42,10 +42,10 @@ fn agent_manifest_holds_typed_objects_that_parse() {
                 }
             }
             "ClusterRoleBinding" => {
-                drop(serde_yaml::from_value::<ClusterRoleBinding>(doc).unwrap())
+                drop(serde_norway::from_value::<ClusterRoleBinding>(doc).unwrap())
             }
             "DaemonSet" => {
-                let ds: DaemonSet = serde_yaml::from_value(doc).unwrap();
+                let ds: DaemonSet = serde_norway::from_value(doc).unwrap();
                 let pod = ds.spec.unwrap().template.spec.unwrap();
                 assert_eq!(
                     pod.host_network,
@@ -55,6 +55,18 @@ fn agent_manifest_holds_typed_objects_that_parse() {
                 let agent = &pod.containers[0];
                 let args = agent.args.clone().unwrap_or_default();
                 assert!(args.iter().any(|a| a.starts_with("--pin-dir=/sys/fs/bpf/")));
+                // The agent names a missing capability at start from its own list; the
+                // manifest must grant exactly that list (the lab runs agents with the
+                // manifest's, so a missing one fails the lab's tests too).
+                let security = agent.security_context.clone().expect("securityContext");
+                assert_ne!(security.privileged, Some(true), "least privilege");
+                let caps = security.capabilities.expect("capabilities");
+                assert_eq!(caps.drop.unwrap_or_default(), ["ALL"]);
+                let needed: Vec<&str> = lb_agent::datapath::privilege::AGENT_CAPABILITIES
+                    .iter()
+                    .map(|c| c.name)
+                    .collect();
+                assert_eq!(caps.add.unwrap_or_default(), needed);
                 let mounts = agent.volume_mounts.clone().unwrap_or_default();
                 assert!(
                     mounts.iter().any(|m| m.mount_path == "/sys/fs/bpf"),

@@ -22,7 +22,7 @@ use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde_yaml::Value;
+use serde_norway::Value;
 use tracing::{debug, info, warn};
 
 use super::{Change, EventSender, SourceEvent, Update};
@@ -321,7 +321,7 @@ fn read_text(file: &Path, text: &str, read: &mut DirRead) {
             document: Some(i + 1),
             item: None,
         };
-        match serde_yaml::from_str::<Value>(doc) {
+        match serde_norway::from_str::<Value>(doc) {
             Ok(mut value) => match value.apply_merge() {
                 // `<<: *anchor` merge keys, which kubectl also honours.
                 Ok(()) => take_object(value, origin, read),
@@ -335,7 +335,7 @@ fn read_text(file: &Path, text: &str, read: &mut DirRead) {
                 // error's line number is the file's, not the document's (only on error:
                 // padding every document would cost quadratic time on large files).
                 let padded = format!("{}{doc}", "\n".repeat(line));
-                let e = serde_yaml::from_str::<Value>(&padded).err();
+                let e = serde_norway::from_str::<Value>(&padded).err();
                 let what = e.map_or_else(
                     || "invalid YAML".to_owned(),
                     |e| format!("invalid YAML: {e}"),
@@ -401,7 +401,7 @@ fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
         .map(str::to_owned);
     let kind = value.get("kind").and_then(Value::as_str).map(str::to_owned);
     match (api_version.as_deref(), kind.as_deref()) {
-        (Some("v1"), Some("Service")) => match serde_yaml::from_value::<Service>(value) {
+        (Some("v1"), Some("Service")) => match serde_norway::from_value::<Service>(value) {
             Ok(mut svc) => {
                 default_namespace(&mut svc.metadata);
                 read.snapshot.services.push(svc);
@@ -409,7 +409,7 @@ fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
             Err(e) => problem(read, origin, format!("invalid Service: {e}")),
         },
         (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => {
-            match serde_yaml::from_value::<EndpointSlice>(value) {
+            match serde_norway::from_value::<EndpointSlice>(value) {
                 Ok(mut slice) => {
                     default_namespace(&mut slice.metadata);
                     read.snapshot.endpoint_slices.push(slice);

@@ -277,7 +277,7 @@ mod tests {
     }
 
     fn add_service(store: &mut Store, yaml: &str, now: Timestamp) -> Arc<Value> {
-        let body: Value = serde_yaml::from_str(yaml).unwrap();
+        let body: Value = serde_norway::from_str(yaml).unwrap();
         super::super::api::create(store, Resource::Services, Some("default"), body, now).unwrap()
     }
 

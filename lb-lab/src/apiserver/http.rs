@@ -380,7 +380,7 @@ async fn read_body_or_empty(req: Request<Incoming>) -> Result<Value, ApiError> {
         return Ok(Value::Null);
     }
     if yaml {
-        serde_yaml::from_slice(&bytes)
+        serde_norway::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
     } else {
         serde_json::from_slice(&bytes)

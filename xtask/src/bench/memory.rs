@@ -414,7 +414,7 @@ mod tests {
         let docs: Vec<serde_json::Value> = text
             .split("---\n")
             .filter(|d| !d.trim().is_empty())
-            .map(|d| serde_yaml::from_str(d).expect("yaml"))
+            .map(|d| serde_norway::from_str(d).expect("yaml"))
             .collect();
         assert_eq!(docs.len(), 4);
         assert_eq!(docs[0]["kind"], "Service");
