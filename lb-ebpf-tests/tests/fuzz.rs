@@ -68,6 +68,7 @@ fn regression_cases_pass_the_oracle() {
         return;
     }
     let files = corpus::load(&corpus::dir().join("regressions")).expect("regressions");
+    assert!(!files.is_empty(), "no regression cases");
     let report = fuzz::replay(&files, false).expect("replay");
     assert_clean(&report, &files);
 }
