@@ -15,7 +15,7 @@ use lb_common::{
 use lb_lab::testing::PinDir;
 
 /// The packet programs of the object.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
     /// tc ingress on a pod veth: what pods send.
     FromPod,
@@ -232,6 +232,14 @@ impl Datapath {
         service_id
     }
 
+    /// Writes a frontend entry as it stands (e.g. one whose slots are not all written, as a
+    /// map caught mid-update holds).
+    pub fn set_frontend(&mut self, key: FrontendKey, fe: Frontend) {
+        self.hash_map::<FrontendKey, Frontend>(maps::FRONTENDS)
+            .insert(key, fe, 0)
+            .expect("insert frontend");
+    }
+
     /// Lets clients in `addr/prefix` through frontend `service_id`'s source ranges.
     pub fn add_source_range(&mut self, service_id: u32, addr: Ipv4Addr, prefix: u8) {
         let (len, data) = lb_common::SourceRange::range(service_id, addr, prefix);
@@ -400,6 +408,86 @@ impl Datapath {
             n += 1;
         }
         n
+    }
+
+    /// Removes every entry of both conntrack tables.
+    pub fn ct_clear(&mut self) {
+        for name in maps::CONNTRACK {
+            let mut table = self.hash_map::<CtKey, CtEntry>(name);
+            let keys: Vec<CtKey> = table.keys().filter_map(Result::ok).collect();
+            for key in keys {
+                let _ = table.remove(&key);
+            }
+        }
+    }
+
+    /// Every counter slot (`maps::COUNTERS_MAX` of them, reasons and the unused ones above),
+    /// each summed over CPUs, read with one BPF_MAP_LOOKUP_BATCH.
+    pub fn counters(&mut self) -> Result<Vec<u64>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let map = self.ebpf.map(maps::COUNTERS).context("counters map")?;
+        let aya::maps::Map::PerCpuArray(data) = map else {
+            anyhow::bail!("{} is not a per-CPU array", maps::COUNTERS);
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let n = maps::COUNTERS_MAX as usize;
+        let mut keys = vec![0u32; n];
+        let mut values = vec![0u64; n * cpus];
+        let mut next = 0u32;
+        // union bpf_attr, the BPF_MAP_*_BATCH member.
+        #[repr(C)]
+        struct Batch {
+            in_batch: u64,
+            out_batch: u64,
+            keys: u64,
+            values: u64,
+            count: u32,
+            map_fd: u32,
+            elem_flags: u64,
+            flags: u64,
+        }
+        let mut attr = Batch {
+            in_batch: 0,
+            out_batch: &raw mut next as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: n as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        // SAFETY: the attribute points at buffers sized for `count` keys and values of
+        // `cpus` u64s each (a per-CPU array's value), which outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<Batch>(),
+            )
+        };
+        // ENOENT: the batch reached the array's end, which a full read always does.
+        let err = std::io::Error::last_os_error();
+        anyhow::ensure!(
+            rc == 0 || err.raw_os_error() == Some(libc::ENOENT),
+            "BPF_MAP_LOOKUP_BATCH on {}: {err}",
+            maps::COUNTERS
+        );
+        anyhow::ensure!(
+            attr.count as usize == n,
+            "short counter batch: {}",
+            attr.count
+        );
+        let mut sums = vec![0u64; n];
+        for (i, key) in keys.iter().enumerate() {
+            let slot = sums
+                .get_mut(*key as usize)
+                .context("counter key out of range")?;
+            *slot = values[i * cpus..(i + 1) * cpus].iter().sum();
+        }
+        Ok(sums)
     }
 
     /// Sum over CPUs of the counter for `reason`.

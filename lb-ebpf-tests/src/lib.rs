@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cgroup;
 pub mod datapath;
+pub mod fuzz;
 pub mod packet;
 pub mod privilege;
 pub mod testnet;

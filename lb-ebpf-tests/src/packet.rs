@@ -183,49 +183,65 @@ pub struct Checked {
 /// Parses `bytes` and verifies the IPv4 header checksum and the TCP/UDP checksum against a
 /// full recomputation. Panics with a description of the first thing that is wrong.
 pub fn check(bytes: &[u8]) -> Checked {
-    let (eth, rest) = Ethernet2Header::from_slice(bytes).expect("ethernet header");
-    assert_eq!(eth.ether_type, EtherType::IPV4, "ethertype");
-    let (ip, rest) = Ipv4Header::from_slice(rest).expect("ipv4 header");
-    assert_eq!(
-        ip.header_checksum,
-        ip.calc_header_checksum(),
-        "IPv4 header checksum is wrong"
-    );
-    let l4_len = ip.total_len as usize - ip.header_len();
+    verify(bytes).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`check`], returning what is wrong instead of panicking (for the fuzzer, whose packets
+/// may be anything).
+pub fn verify(bytes: &[u8]) -> Result<Checked, String> {
+    let (eth, rest) =
+        Ethernet2Header::from_slice(bytes).map_err(|e| format!("ethernet header: {e}"))?;
+    if eth.ether_type != EtherType::IPV4 {
+        return Err(format!("ethertype {:?}", eth.ether_type));
+    }
+    let (ip, rest) = Ipv4Header::from_slice(rest).map_err(|e| format!("ipv4 header: {e}"))?;
+    if ip.header_checksum != ip.calc_header_checksum() {
+        return Err("IPv4 header checksum is wrong".into());
+    }
+    let l4_len = (ip.total_len as usize)
+        .checked_sub(ip.header_len())
+        .filter(|n| *n <= rest.len())
+        .ok_or("IPv4 total length does not fit the packet")?;
     let rest = &rest[..l4_len];
     let (src_ip, dst_ip) = (Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination));
     match ip.protocol.0 {
         proto::TCP => {
-            let (tcp, payload) = TcpHeader::from_slice(rest).expect("tcp header");
+            let (tcp, payload) =
+                TcpHeader::from_slice(rest).map_err(|e| format!("tcp header: {e}"))?;
             let expect = tcp
                 .calc_checksum_ipv4_raw(ip.source, ip.destination, payload)
-                .expect("tcp checksum");
-            assert_eq!(tcp.checksum, expect, "TCP checksum is wrong");
-            Checked {
+                .map_err(|e| format!("tcp checksum: {e}"))?;
+            if tcp.checksum != expect {
+                return Err("TCP checksum is wrong".into());
+            }
+            Ok(Checked {
                 src: SocketAddrV4::new(src_ip, tcp.source_port),
                 dst: SocketAddrV4::new(dst_ip, tcp.destination_port),
                 proto: proto::TCP,
                 payload: payload.to_vec(),
                 udp_checksum: None,
-            }
+            })
         }
         proto::UDP => {
-            let (udp, payload) = UdpHeader::from_slice(rest).expect("udp header");
+            let (udp, payload) =
+                UdpHeader::from_slice(rest).map_err(|e| format!("udp header: {e}"))?;
             if udp.checksum != 0 {
                 let expect = udp
                     .calc_checksum_ipv4_raw(ip.source, ip.destination, payload)
-                    .expect("udp checksum");
-                assert_eq!(udp.checksum, expect, "UDP checksum is wrong");
+                    .map_err(|e| format!("udp checksum: {e}"))?;
+                if udp.checksum != expect {
+                    return Err("UDP checksum is wrong".into());
+                }
             }
-            Checked {
+            Ok(Checked {
                 src: SocketAddrV4::new(src_ip, udp.source_port),
                 dst: SocketAddrV4::new(dst_ip, udp.destination_port),
                 proto: proto::UDP,
                 payload: payload.to_vec(),
                 udp_checksum: Some(udp.checksum),
-            }
+            })
         }
-        other => panic!("unexpected IP protocol {other}"),
+        other => Err(format!("unexpected IP protocol {other}")),
     }
 }
 

@@ -152,17 +152,26 @@ pub fn reply(key: &CtKey, pkt: &Packet, now: u64, t: &CtTimeouts) -> Option<Hit>
         let forward_key = key.forward_of_reply(&reply);
         let forward = table.get_ptr_mut(&forward_key);
         // SAFETY: as in forward.
-        let alive = forward.is_some_and(|f| unsafe {
-            !(*f).is_expired(pkt.proto, now, t)
-                && forward_key.owns_reply(&*f, key)
-                && (!opening || awaits_syn_ack((*f).seen))
+        let owner = forward.filter(|f| unsafe {
+            !(**f).is_expired(pkt.proto, now, t) && forward_key.owns_reply(&**f, key)
         });
-        let Some(forward) = forward.filter(|_| alive) else {
+        // SAFETY: as in forward.
+        let unasked = owner.is_some_and(|f| opening && !awaits_syn_ack(unsafe { (*f).seen }));
+        // SAFETY: as in forward.
+        let finished = owner.is_some_and(|f| unsafe { (*f).state(pkt.proto).is_closed() });
+        let Some(forward) = owner.filter(|_| !unasked) else {
             // The flow is over, so the tuple is not its any more: the packet passes as
             // an unknown flow's would, and the entry goes so that the rest of the other
             // connection is left alone as well (a closed flow's forward entry, still
             // inside its close timeout, would otherwise vouch for the next packets).
-            let _ = table.remove(key);
+            // A SYN-ACK that a live flow did not ask for (it was picked up mid-stream, or
+            // one side has sent its FIN) only passes: removing the entry would free the
+            // tuple for a new flow to claim while this one still carries it, and the two
+            // would share it. The fuzzer found this
+            // (lb-ebpf-tests/fuzz/regressions/syn-ack-on-half-closed-flow.hex).
+            if owner.is_none() || finished {
+                let _ = table.remove(key);
+            }
             return None;
         };
         touch(forward, bits, now);

@@ -62,7 +62,15 @@ pub fn decide(pkt: &Packet, origin: Origin, now: u64) -> Result<Step, Reason> {
     // packet looks up only the direction it can belong to.
     let may = directions(pkt.proto, pkt.tcp_flags);
     let mut stale = None;
-    if may.forward {
+    // A SYN-ACK skips the forward lookup, since replies carry it. One sent to a service
+    // address is no reply, though: taken for a new flow, it would replace a live flow's
+    // forward entry on its tuple, moving that flow to another source port (a remap, or a
+    // new masquerade port: the connection breaks) and leaving its reply entry orphaned.
+    // The fuzzer found this (lb-ebpf-tests/fuzz/regressions/syn-ack-to-service.hex). So a
+    // SYN-ACK to a frontend is looked up as a forward packet too, at the cost of one
+    // frontend lookup per SYN-ACK (a second forward-lookup site, after the frontend lookup
+    // below, would not fit the 512-byte stack the programs share with the SNAT callback).
+    if may.forward || frontend::is_frontend(pkt) {
         match conntrack::forward(&key, pkt, now, &t) {
             Forward::Hit(hit) => {
                 return Ok(Step::Tracked {

@@ -25,6 +25,20 @@ pub struct Found {
     pub internal_twin: bool,
 }
 
+/// Whether the packet's destination is a frontend (of any scope: an internal twin always
+/// has its external entry).
+#[inline(always)]
+pub fn is_frontend(pkt: &Packet) -> bool {
+    let key = FrontendKey {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        proto: pkt.proto,
+        scope: scope::EXTERNAL,
+    };
+    // SAFETY: only the presence is read.
+    unsafe { LB_FRONTENDS.get(&key).is_some() }
+}
+
 #[inline(always)]
 pub fn lookup(pkt: &Packet, origin: Origin, cfg: &Config) -> Option<Found> {
     let mut key = FrontendKey {

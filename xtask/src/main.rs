@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod run;
 mod test;
 mod toolchain;
@@ -25,6 +26,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run every test: host unit tests, BPF packet tests and lab tests.
     Test(test::TestArgs),
+    /// The datapath fuzzer's long run: generated and mutated packets through every packet
+    /// program, checked by an oracle (`--packets N [--seed S] [--threads T]`).
+    Fuzz(fuzz::FuzzArgs),
     /// Measurements that print figures and write a report under target/bench/.
     Bench(bench::BenchArgs),
     /// Manage the network-namespace lab (a simulated Kind cluster).
@@ -41,6 +45,7 @@ fn main() -> Result<()> {
         Cmd::Demo(args) => demo::run_demo(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Test(args) => test::run_tests(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Lab { cmd } => {
             // Only `up` starts binaries; the rest work on what is already there.
             let artifacts = if matches!(cmd, lb_lab::cli::LabCommand::Up { .. }) {
