@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod chain_names;
+pub mod expected_view;
 #[cfg(test)]
 mod fixtures;
 pub mod iptables;

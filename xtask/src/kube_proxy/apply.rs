@@ -208,6 +208,14 @@ pub fn iptables_save(ns: &NetnsName) -> Result<String> {
     run_in(ns, &["iptables-save"], None).map(|(_, out)| out)
 }
 
+/// `iptables-save -t TABLE` in `ns` (a node's `iptables-save -t nat`).
+///
+/// # Errors
+/// If `ns` is missing or is the host's namespace, or iptables-save fails.
+pub fn iptables_save_table(ns: &NetnsName, table: &str) -> Result<String> {
+    run_in(ns, &["iptables-save", "-t", table], None).map(|(_, out)| out)
+}
+
 /// `nft list ruleset` in `ns`.
 ///
 /// # Errors
@@ -273,7 +281,7 @@ fn run_in(ns: &NetnsName, argv: &[&str], stdin: Option<&str>) -> Result<(Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::kube_proxy::{fixtures, synthetic_services};
+    use crate::kube_proxy::{fixtures, synthetic_services};
 
     #[test]
     fn netns_names_are_plain() {
@@ -391,7 +399,7 @@ mod tests {
         let mut changed = services.clone();
         let gone = changed[0].endpoints.pop().unwrap();
         let gone_chain =
-            crate::bench::kube_proxy::chain_names::iptables_endpoint_chain(&changed[0], &gone);
+            crate::kube_proxy::chain_names::iptables_endpoint_chain(&changed[0], &gone);
         iptables_restore(
             ns,
             &iptables::partial_restore_input(&services, &changed, &cfg),
@@ -443,11 +451,9 @@ mod tests {
         )
         .expect("deleting stale chains");
         let listed = nft_list_ruleset(ns).expect("nft list ruleset");
-        let gone_chain = crate::bench::kube_proxy::chain_names::NftEndpointNames::for_endpoint(
-            &changed[0],
-            &gone,
-        )
-        .chain;
+        let gone_chain =
+            crate::kube_proxy::chain_names::NftEndpointNames::for_endpoint(&changed[0], &gone)
+                .chain;
         assert!(!listed.contains(&gone_chain));
 
         remove_nftables(ns).expect("nft delete table");
