@@ -224,6 +224,33 @@ pub fn nft_list_ruleset(ns: &NetnsName) -> Result<String> {
     run_in(ns, &["nft", "list", "ruleset"], None).map(|(_, out)| out)
 }
 
+/// A throwaway network namespace for loading and reading back rulesets, deleted when
+/// dropped (also when a test panics).
+pub struct ThrowawayNetns(pub NetnsName);
+
+impl ThrowawayNetns {
+    /// `lbk-<tag>-<pid>`: tests in one process run at once, each with its own tag.
+    ///
+    /// # Errors
+    /// If the name is not valid or `ip netns add` fails.
+    pub fn create(tag: &str) -> Result<ThrowawayNetns> {
+        let name = NetnsName::new(&format!("lbk-{tag}-{}", std::process::id()))?;
+        let status = Command::new("ip")
+            .args(["netns", "add", name.as_str()])
+            .status()?;
+        ensure!(status.success(), "ip netns add {name} failed");
+        Ok(ThrowawayNetns(name))
+    }
+}
+
+impl Drop for ThrowawayNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", self.0.as_str()])
+            .status();
+    }
+}
+
 /// Refuses a namespace that is missing or that is the namespace of init or of this process
 /// (e.g. created with `ip netns attach NAME 1`): applying there would change the host.
 fn ensure_isolated(ns: &NetnsName) -> Result<()> {
@@ -313,29 +340,6 @@ mod tests {
             err.contains("no /run/netns/lbk-benchgen-does-not-exist"),
             "{err}"
         );
-    }
-
-    /// A throwaway namespace, deleted when dropped (also when the test panics).
-    struct ThrowawayNetns(NetnsName);
-
-    impl ThrowawayNetns {
-        /// `lbk-<tag>-<pid>`: tests in one process run at once, each with its own tag.
-        fn create(tag: &str) -> Result<ThrowawayNetns> {
-            let name = NetnsName::new(&format!("lbk-{tag}-{}", std::process::id()))?;
-            let status = Command::new("ip")
-                .args(["netns", "add", name.as_str()])
-                .status()?;
-            ensure!(status.success(), "ip netns add {name} failed");
-            Ok(ThrowawayNetns(name))
-        }
-    }
-
-    impl Drop for ThrowawayNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", self.0.as_str()])
-                .status();
-        }
     }
 
     /// Whether to run, and why not: runs as root when `CI` or `LB_PRIVILEGED_TESTS` is set;

@@ -238,29 +238,6 @@ mod tests {
         assert_eq!(differing[0].address, Some(svcs[0].cluster_ip));
     }
 
-    /// A throwaway namespace, deleted when dropped.
-    struct Netns(apply::NetnsName);
-
-    impl Netns {
-        fn new(tag: &str) -> Netns {
-            let name = apply::NetnsName::new(&format!("lbk-{tag}-{}", std::process::id())).unwrap();
-            let ok = std::process::Command::new("ip")
-                .args(["netns", "add", name.as_str()])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "ip netns add {name}");
-            Netns(name)
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", self.0.as_str()])
-                .status();
-        }
-    }
-
     #[test]
     fn what_iptables_save_and_nft_list_print_reads_back_as_the_model() {
         if !lb_lab::testing::root_or_skip("reading back kube-proxy's rulesets") {
@@ -268,7 +245,7 @@ mod tests {
         }
         let svcs = services();
         let cfg = ProxyConfig::default();
-        let ns = Netns::new("parity-readback");
+        let ns = apply::ThrowawayNetns::create("parity-readback").expect("netns");
         apply::apply_iptables(&ns.0, &svcs, &cfg).expect("iptables-restore");
         let saved = apply::iptables_save(&ns.0).expect("iptables-save");
         assert_same(

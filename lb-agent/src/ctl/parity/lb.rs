@@ -22,7 +22,9 @@ use lb_common::{
     BackendSlotKey, Frontend, FrontendKey,
 };
 
-use super::{endpoints_of, Class, Endpoint, FrontendId, FrontendState, Kind, Masquerade, View};
+use super::{
+    endpoints_of, sorted, Class, Endpoint, FrontendId, FrontendState, Kind, Masquerade, View,
+};
 use crate::ctl::{map_id::MapId, snapshot::Snapshot};
 
 /// The maps read.
@@ -97,7 +99,7 @@ pub fn view(snapshot: &Snapshot) -> View {
             internal_endpoints,
             affinity_timeout_s: (f.affinity_timeout_s != 0).then_some(f.affinity_timeout_s),
             source_ranges: (f.flags & flags::SOURCE_RANGES != 0)
-                .then(|| snapshot.source_ranges_of(f.service_id)),
+                .then(|| sorted(&snapshot.source_ranges_of(f.service_id))),
             masquerade,
             hairpin: true,
             addresses: None,

@@ -520,7 +520,8 @@ impl Ruleset {
     }
 }
 
-fn sorted(ranges: &[String]) -> Vec<String> {
+/// Source ranges in one order on both sides (lb's trie walks by prefix length).
+pub(crate) fn sorted(ranges: &[String]) -> Vec<String> {
     ranges
         .iter()
         .cloned()
