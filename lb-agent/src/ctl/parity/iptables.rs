@@ -535,6 +535,29 @@ mod tests {
         assert!(e.message.contains("COMMIT"), "{e}");
     }
 
+    /// internalTrafficPolicy=Local, as kube-proxy writes it (the generators only write
+    /// Cluster): the ClusterIP leads to KUBE-SVL, which also carries the masquerade rule.
+    #[test]
+    fn a_clusterip_into_the_local_chain_has_a_local_policy() {
+        let v = parse(
+            "*nat\n\
+             -A KUBE-SERVICES -d 10.96.0.7/32 -p tcp -m comment --comment \"a/b:c cluster IP\" -m tcp --dport 80 -j KUBE-SVL-X\n\
+             -A KUBE-SVL-X ! -s 10.244.0.0/16 -d 10.96.0.7/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SVL-X -j KUBE-SEP-A\n\
+             -A KUBE-SEP-A -s 10.244.1.2/32 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080\n\
+             -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n\
+             COMMIT\n",
+        )
+        .unwrap();
+        assert!(v.not_understood.is_empty(), "{:?}", v.not_understood);
+        let s = v.frontends.values().next().expect("one frontend");
+        assert!(s.policy_local);
+        assert_eq!(s.masquerade, Masquerade::OffCluster("10.244.0.0/16".into()));
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(s.service.as_deref(), Some("a/b:c"));
+    }
+
     #[test]
     fn unknown_rules_in_kube_chains_are_listed_and_others_skipped() {
         let v = parse(
