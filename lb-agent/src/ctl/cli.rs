@@ -1,6 +1,10 @@
 //! `lbctl`'s command line and what each command does; the binary only prints the outcome.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -13,14 +17,15 @@ use super::{
     map_id::MapId,
     monotonic_ns,
     output::{json, Format},
+    parity::{self, ParseError, Source},
     pinned::{self, ConntrackMap, PinnedError},
     services, stats,
 };
 use crate::datapath::privilege::{self, PrivilegeError};
 
-/// Exit status: success, and for `diff`, no differences.
+/// Exit status: success, and for `diff` and `parity`, no differences.
 pub const EXIT_OK: u8 = 0;
-/// `diff` found differences.
+/// `diff` or `parity` found differences.
 pub const EXIT_DIFFERENCES: u8 = 1;
 /// Any error (clap's usage errors exit 2 as well).
 pub const EXIT_ERROR: u8 = 2;
@@ -30,7 +35,7 @@ pub const EXIT_ERROR: u8 = 2;
     name = "lbctl",
     version,
     about = "Inspect the lb datapath from its pinned maps (works while the agent is down)",
-    after_help = "Exit status: 0 success; 1 `diff` found differences; 2 error."
+    after_help = "Exit status: 0 success; 1 `diff` or `parity` found differences; 2 error."
 )]
 pub struct Args {
     /// The agent's --pin-dir.
@@ -74,6 +79,27 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Compare kube-proxy's ruleset from this node (iptables or nftables mode) with what lb
+    /// programs, per service port; exit 1 if they differ.
+    Parity {
+        #[command(flatten)]
+        from: ParityFrom,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+/// Where kube-proxy's ruleset comes from (`-` for stdin).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ParityFrom {
+    /// `iptables-save -t nat` output (all of `iptables-save` also shows services without
+    /// endpoints).
+    #[arg(long, value_name = "FILE")]
+    from_iptables_save: Option<PathBuf>,
+    /// `nft list ruleset` output.
+    #[arg(long, value_name = "FILE")]
+    from_nft: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +158,17 @@ pub enum CtlError {
     Fetch(#[from] FetchError),
     #[error("encoding JSON failed")]
     Json(#[from] serde_json::Error),
+    #[error("cannot read {}", .path.display())]
+    ReadRuleset {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not {source_kind} output: {error}", .path.display())]
+    ParseRuleset {
+        path: PathBuf,
+        source_kind: Source,
+        error: ParseError,
+    },
 }
 
 /// What to print and the exit status.
@@ -248,8 +285,54 @@ pub fn run(args: Args) -> Result<Outcome, CtlError> {
                 },
             }
         }
+        Command::Parity { from, output } => {
+            let (path, source) = match (from.from_iptables_save, from.from_nft) {
+                (Some(p), _) => (p, Source::IptablesSave),
+                (None, Some(p)) => (p, Source::NftListRuleset),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let text = read_ruleset(&path)?;
+            let kube = match source {
+                Source::IptablesSave => parity::iptables::parse(&text),
+                Source::NftListRuleset => parity::nft::parse(&text),
+            }
+            .map_err(|error| CtlError::ParseRuleset {
+                path: path.clone(),
+                source_kind: source,
+                error,
+            })?;
+            let snapshot = pinned::read(dir, &parity::lb::MAPS)?;
+            pinned::require(&snapshot, &parity::lb::REQUIRED)?;
+            let report = parity::compare::compare(source, &kube, &parity::lb::view(&snapshot));
+            Outcome {
+                stdout: match output {
+                    Format::Table => parity::compare::render(&report),
+                    Format::Json => json(&report)?,
+                },
+                code: if report.same() {
+                    EXIT_OK
+                } else {
+                    EXIT_DIFFERENCES
+                },
+            }
+        }
     };
     Ok(outcome)
+}
+
+/// The file's text, or stdin's for `-`.
+fn read_ruleset(path: &Path) -> Result<String, CtlError> {
+    let err = |source| CtlError::ReadRuleset {
+        path: path.to_owned(),
+        source,
+    };
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(err)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path).map_err(err)
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +395,18 @@ mod tests {
             ))
         );
         assert!(parse(&["conntrack", "list", "--backend", "nope"]).is_err());
+    }
+
+    #[test]
+    fn parity_takes_exactly_one_ruleset() {
+        let args = parse(&["parity", "--from-nft", "/tmp/r", "-o", "json"]).expect("parse");
+        let Command::Parity { from, output } = args.command else {
+            panic!("not parity");
+        };
+        assert_eq!(from.from_nft, Some(PathBuf::from("/tmp/r")));
+        assert_eq!(output, Format::Json);
+        assert!(parse(&["parity"]).is_err());
+        assert!(parse(&["parity", "--from-nft", "a", "--from-iptables-save", "b"]).is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! [`pinned`] reads the maps into a [`snapshot::Snapshot`]; [`dump`], [`services`],
 //! [`conntrack`], [`stats`] and [`diff`] turn it into views, each printable as a table or as
-//! JSON ([`output`]); [`cli`] wires them to the command line.
+//! JSON ([`output`]); [`parity`] compares it with kube-proxy's ruleset; [`cli`] wires them
+//! to the command line.
 
 pub mod attachments;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod format;
 pub mod http;
 pub mod map_id;
 pub mod output;
+pub mod parity;
 pub mod pinned;
 pub mod services;
 pub mod snapshot;

@@ -43,7 +43,7 @@ use serde_json::{json, Value};
 use super::{
     kube_proxy::{
         apply::{self, NetnsName},
-        nftables, BenchEndpoint, BenchService, Cidr, Protocol, ProxyConfig,
+        nftables, BenchEndpoint, BenchService, Protocol, ProxyConfig,
     },
     results::Mode,
 };
@@ -552,14 +552,7 @@ impl LabBench {
                     let f = &f;
                     let model = &self.model;
                     scope.spawn(move || {
-                        let cfg = ProxyConfig {
-                            cluster_cidr: Cidr::new(Ipv4Addr::new(10, 244, 0, 0), 16),
-                            primary_node_ip: node.ip,
-                            service_cidrs: Cidr::new(Ipv4Addr::new(10, 96, 0, 0), 16)
-                                .into_iter()
-                                .collect(),
-                            ..ProxyConfig::default()
-                        };
+                        let cfg = ProxyConfig::lab_node(node.ip);
                         f(&NetnsName::new(&node.ns)?, &cfg, model)
                             .with_context(|| format!("ruleset on node {}", node.name))
                     })

@@ -9,7 +9,7 @@
 mod client;
 mod datapath;
 mod gc;
-pub mod kube_proxy;
+pub use xtask::kube_proxy;
 mod lab_modes;
 mod machine;
 mod masq;

@@ -128,7 +128,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::bench::kube_proxy::{fixtures, Protocol};
+    use crate::kube_proxy::{fixtures, Protocol};
 
     fn named(ns: &str, name: &str, port: &str, protocol: Protocol) -> BenchService {
         BenchService::cluster_ip(ns, name, port, protocol, Ipv4Addr::new(10, 96, 0, 1), 80)

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod chain_names;
+pub mod expected_view;
 #[cfg(test)]
 mod fixtures;
 pub mod iptables;
@@ -285,6 +286,19 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// kube-proxy's settings on a node of the lab (as the lab's agents are started): pod
+    /// CIDR 10.244.0.0/16, services in 10.96.0.0/16, NodePorts on every local address.
+    pub fn lab_node(node_ip: Ipv4Addr) -> ProxyConfig {
+        ProxyConfig {
+            cluster_cidr: Cidr::new(Ipv4Addr::new(10, 244, 0, 0), 16),
+            primary_node_ip: node_ip,
+            service_cidrs: Cidr::new(Ipv4Addr::new(10, 96, 0, 0), 16)
+                .into_iter()
+                .collect(),
+            ..ProxyConfig::default()
+        }
+    }
+
     /// The masquerade mark as kube-proxy spells it: Go's `%#08x`, eight hex digits after
     /// `0x` (`0x00004000`; `iptables-save` prints it back as `0x4000`).
     pub fn masquerade_mark(&self) -> String {

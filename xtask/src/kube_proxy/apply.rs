@@ -208,12 +208,47 @@ pub fn iptables_save(ns: &NetnsName) -> Result<String> {
     run_in(ns, &["iptables-save"], None).map(|(_, out)| out)
 }
 
+/// `iptables-save -t TABLE` in `ns` (a node's `iptables-save -t nat`).
+///
+/// # Errors
+/// If `ns` is missing or is the host's namespace, or iptables-save fails.
+pub fn iptables_save_table(ns: &NetnsName, table: &str) -> Result<String> {
+    run_in(ns, &["iptables-save", "-t", table], None).map(|(_, out)| out)
+}
+
 /// `nft list ruleset` in `ns`.
 ///
 /// # Errors
 /// If `ns` is missing or is the host's namespace, or nft fails.
 pub fn nft_list_ruleset(ns: &NetnsName) -> Result<String> {
     run_in(ns, &["nft", "list", "ruleset"], None).map(|(_, out)| out)
+}
+
+/// A throwaway network namespace for loading and reading back rulesets, deleted when
+/// dropped (also when a test panics).
+pub struct ThrowawayNetns(pub NetnsName);
+
+impl ThrowawayNetns {
+    /// `lbk-<tag>-<pid>`: tests in one process run at once, each with its own tag.
+    ///
+    /// # Errors
+    /// If the name is not valid or `ip netns add` fails.
+    pub fn create(tag: &str) -> Result<ThrowawayNetns> {
+        let name = NetnsName::new(&format!("lbk-{tag}-{}", std::process::id()))?;
+        let status = Command::new("ip")
+            .args(["netns", "add", name.as_str()])
+            .status()?;
+        ensure!(status.success(), "ip netns add {name} failed");
+        Ok(ThrowawayNetns(name))
+    }
+}
+
+impl Drop for ThrowawayNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", self.0.as_str()])
+            .status();
+    }
 }
 
 /// Refuses a namespace that is missing or that is the namespace of init or of this process
@@ -273,7 +308,7 @@ fn run_in(ns: &NetnsName, argv: &[&str], stdin: Option<&str>) -> Result<(Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::kube_proxy::{fixtures, synthetic_services};
+    use crate::kube_proxy::{fixtures, synthetic_services};
 
     #[test]
     fn netns_names_are_plain() {
@@ -305,29 +340,6 @@ mod tests {
             err.contains("no /run/netns/lbk-benchgen-does-not-exist"),
             "{err}"
         );
-    }
-
-    /// A throwaway namespace, deleted when dropped (also when the test panics).
-    struct ThrowawayNetns(NetnsName);
-
-    impl ThrowawayNetns {
-        /// `lbk-<tag>-<pid>`: tests in one process run at once, each with its own tag.
-        fn create(tag: &str) -> Result<ThrowawayNetns> {
-            let name = NetnsName::new(&format!("lbk-{tag}-{}", std::process::id()))?;
-            let status = Command::new("ip")
-                .args(["netns", "add", name.as_str()])
-                .status()?;
-            ensure!(status.success(), "ip netns add {name} failed");
-            Ok(ThrowawayNetns(name))
-        }
-    }
-
-    impl Drop for ThrowawayNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", self.0.as_str()])
-                .status();
-        }
     }
 
     /// Whether to run, and why not: runs as root when `CI` or `LB_PRIVILEGED_TESTS` is set;
@@ -391,7 +403,7 @@ mod tests {
         let mut changed = services.clone();
         let gone = changed[0].endpoints.pop().unwrap();
         let gone_chain =
-            crate::bench::kube_proxy::chain_names::iptables_endpoint_chain(&changed[0], &gone);
+            crate::kube_proxy::chain_names::iptables_endpoint_chain(&changed[0], &gone);
         iptables_restore(
             ns,
             &iptables::partial_restore_input(&services, &changed, &cfg),
@@ -443,11 +455,9 @@ mod tests {
         )
         .expect("deleting stale chains");
         let listed = nft_list_ruleset(ns).expect("nft list ruleset");
-        let gone_chain = crate::bench::kube_proxy::chain_names::NftEndpointNames::for_endpoint(
-            &changed[0],
-            &gone,
-        )
-        .chain;
+        let gone_chain =
+            crate::kube_proxy::chain_names::NftEndpointNames::for_endpoint(&changed[0], &gone)
+                .chain;
         assert!(!listed.contains(&gone_chain));
 
         remove_nftables(ns).expect("nft delete table");

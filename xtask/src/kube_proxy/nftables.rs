@@ -757,7 +757,7 @@ impl<'a> Sync<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::kube_proxy::{fixtures, synthetic_services};
+    use crate::kube_proxy::{fixtures, synthetic_services};
 
     fn ep_chain(svc: &BenchService, i: usize) -> String {
         NftEndpointNames::for_endpoint(svc, &svc.endpoints[i]).chain

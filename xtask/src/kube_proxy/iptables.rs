@@ -784,7 +784,7 @@ fn comment(large_cluster: bool, comment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::kube_proxy::{fixtures, synthetic_services};
+    use crate::kube_proxy::{fixtures, synthetic_services};
 
     /// kube-proxy's `sortIPTablesRules`: tables by name; chains KUBE-NODEPORTS,
     /// KUBE-SERVICES, then alphabetical; rules grouped by chain in written order, with
@@ -1227,7 +1227,7 @@ COMMIT
             "kube-system",
             "kube-dns",
             "dns",
-            crate::bench::kube_proxy::Protocol::Udp,
+            crate::kube_proxy::Protocol::Udp,
             fixtures::ip("10.96.0.10"),
             53,
         );
