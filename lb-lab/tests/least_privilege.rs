@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_lab::{
@@ -48,8 +48,17 @@ fn manifest_caps() -> Result<Vec<String>, Failed> {
     Ok(daemonset::agent_capabilities()?)
 }
 
+/// The NodePort answers (once the node has synced it, within 10 s), then 10 times in a row.
 fn served(lab: &Lab) -> Result<(), Failed> {
     let to = SocketAddr::V4(SocketAddrV4::new(WORKER2_IP, NODE_PORT));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab
+        .probe(HOST_NS, &ProbeRequest::tcp(to, "/hostname"))
+        .is_err()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for _ in 0..10 {
         lab.probe(HOST_NS, &ProbeRequest::tcp(to, "/hostname"))
             .map_err(|e| format!("NodePort via worker2 (masqueraded, forwarded): {e}"))?;
@@ -111,7 +120,13 @@ fn each_missing_capability_is_named_and_nothing_is_attached(lab: &Lab) -> Result
     // nothing holds them).
     lab.kill_agent(WORKER2)?;
     fs::remove_dir_all(lab.pin_dir(WORKER2)).map_err(|e| e.to_string())?;
-    let left = attached(lab)?;
+    // The kernel frees an unpinned link from a work queue, so detaching takes a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = attached(lab)?;
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = attached(lab)?;
+    }
     if !left.is_empty() {
         return Err(format!("worker2 still has a datapath after unpinning: {left:?}").into());
     }
