@@ -703,6 +703,17 @@ impl Lab {
         self.wait_for(vec![Waiting::Agent(node.name)], Duration::from_secs(30))
     }
 
+    /// Starts node `node`'s agent again with the lab's usual arguments plus `extra`, without
+    /// waiting for it (to kill it mid-sync).
+    ///
+    /// # Errors
+    /// If the node is unknown or the agent cannot be started.
+    pub fn spawn_agent_unready(&self, node: &str, extra: &[String]) -> Result<()> {
+        let node = self.known_node(node)?.clone();
+        remove_file_if_exists(&self.state.ready_file(&node.name))?;
+        self.spawn_agent(&node, extra).map(drop)
+    }
+
     /// Starts node `node`'s agent (none may be running) with only `capabilities`
     /// (Kubernetes spelling, e.g. `["BPF", "NET_ADMIN"]`) and waits up to `timeout` for it
     /// to get ready or exit: `Ok(None)` if it got ready, else `Ok(Some(log))` with what it

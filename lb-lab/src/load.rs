@@ -33,6 +33,8 @@ pub struct LoadReport {
     /// The longest successful exchange.
     pub longest: Duration,
     pub elapsed: Duration,
+    /// How long each successful exchange took, in µs (for percentiles), in no order.
+    pub latencies_us: Vec<u32>,
 }
 
 /// An exchange this slow had a packet retransmitted.
@@ -48,7 +50,21 @@ impl LoadReport {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// The `q` quantile (0.99 for p99) of the successful exchanges' durations, nearest
+    /// rank; zero without any.
+    pub fn percentile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let Some(last) = sorted.len().checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).saturating_sub(1);
+        Duration::from_micros(u64::from(sorted[rank.min(last)]))
+    }
+
     fn succeeded(&mut self, took: Duration) {
+        self.latencies_us
+            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
         self.ok += 1;
         self.slow += u64::from(took >= SLOW);
         self.longest = self.longest.max(took);
@@ -63,6 +79,7 @@ impl LoadReport {
         self.ok += other.ok;
         self.slow += other.slow;
         self.longest = self.longest.max(other.longest);
+        self.latencies_us.extend(other.latencies_us);
         for (cause, n) in other.failures {
             *self.failures.entry(cause).or_default() += n;
         }
@@ -139,14 +156,52 @@ pub fn short_tcp(ns: &str, addr: SocketAddr, n: u64, threads: u64) -> Result<Loa
     Ok(total)
 }
 
+/// Short connections as [`short_tcp`] makes them, from `threads` threads for `duration`.
+pub fn short_tcp_for(
+    ns: &str,
+    addr: SocketAddr,
+    duration: Duration,
+    threads: u64,
+) -> Result<LoadReport> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let reports: Vec<Result<LoadReport, netns::NetnsError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| scope.spawn(move || netns::run_in(ns, || until(addr, deadline))))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("load thread"))
+            .collect()
+    });
+    let mut total = LoadReport::default();
+    for r in reports {
+        total.merge(r.with_context(|| format!("entering {ns}"))?);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+fn until(addr: SocketAddr, deadline: Instant) -> LoadReport {
+    let mut report = LoadReport::default();
+    while Instant::now() < deadline {
+        exchange_once(addr, &mut report);
+    }
+    report
+}
+
+fn exchange_once(addr: SocketAddr, report: &mut LoadReport) {
+    let start = Instant::now();
+    match one_request(addr) {
+        Ok(()) => report.succeeded(start.elapsed()),
+        Err(cause) => report.fail(cause),
+    }
+}
+
 fn sequential(addr: SocketAddr, n: u64) -> LoadReport {
     let mut report = LoadReport::default();
     for _ in 0..n {
-        let start = Instant::now();
-        match one_request(addr) {
-            Ok(()) => report.succeeded(start.elapsed()),
-            Err(cause) => report.fail(cause),
-        }
+        exchange_once(addr, &mut report);
     }
     report
 }
