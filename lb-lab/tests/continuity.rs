@@ -190,7 +190,59 @@ fn api_server_outage_keeps_serving_and_resyncs_after(lab: &Lab) -> Result<(), Fa
     finish(flows)
 }
 
-const SCENARIOS: [(&str, Scenario); 3] = [
+/// The API server stopped for `LB_OUTAGE_SECONDS` (60), then its watches cut every two
+/// seconds while services change: the flows never notice, new connections work throughout,
+/// and every change made while the watches kept breaking is applied.
+fn a_minute_without_api_server_and_cut_watches_keep_serving(lab: &Lab) -> Result<(), Failed> {
+    let outage = Duration::from_secs(
+        std::env::var("LB_OUTAGE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let live = Ipv4Addr::new(10, 96, 2, 6);
+    lab.apply_yaml(
+        "cont-long-outage",
+        &service("cont-long-outage", live, "app: echo, node: worker2"),
+    )?;
+    eventually("the live service", || reachable(lab, live))?;
+    let flows = flows(live, 45004)?;
+
+    lab.apiserver_stop()?;
+    let stopped = Instant::now();
+    let mut probes = 0;
+    while stopped.elapsed() < outage {
+        reachable(lab, live)
+            .map_err(|e| format!("{e} after {:?} without API server", stopped.elapsed()))?;
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.apiserver_cont()?;
+    println!("API server stopped for {outage:?}: {probes} new connections all served");
+
+    let mut cut = 0;
+    for i in 0..10u8 {
+        cut += lab.apiserver_drop_watches()?;
+        let ip = Ipv4Addr::new(10, 96, 2, 20 + i);
+        lab.apply_yaml(
+            &format!("cont-cut-{i}"),
+            &service(&format!("cont-cut-{i}"), ip, "app: echo"),
+        )?;
+        reachable(lab, live)?;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for i in 0..10u8 {
+        let ip = Ipv4Addr::new(10, 96, 2, 20 + i);
+        eventually("a change made while watches were cut", || {
+            reachable(lab, ip)
+        })?;
+        lab.delete_yaml(&format!("cont-cut-{i}"))?;
+    }
+    println!("{cut} watches cut while 10 services were added: all applied");
+    finish(flows)
+}
+
+const SCENARIOS: [(&str, Scenario); 4] = [
     (
         "agent_kill_9_and_restart_lose_nothing",
         agent_kill_9_and_restart_lose_nothing,
@@ -202,6 +254,10 @@ const SCENARIOS: [(&str, Scenario); 3] = [
     (
         "api_server_outage_keeps_serving_and_resyncs_after",
         api_server_outage_keeps_serving_and_resyncs_after,
+    ),
+    (
+        "a_minute_without_api_server_and_cut_watches_keep_serving",
+        a_minute_without_api_server_and_cut_watches_keep_serving,
     ),
 ];
 
