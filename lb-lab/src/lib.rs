@@ -27,6 +27,7 @@ pub mod plan;
 pub mod pod_state;
 pub mod probe;
 pub mod process;
+pub mod rollout;
 pub mod scenarios;
 pub mod slices;
 pub mod state;

@@ -24,6 +24,7 @@ use std::{
 use lb_lab::{
     load::{self, Held, LoadReport},
     probe::ProbeRequest,
+    rollout,
     scenarios::{Failed, Scenario},
     Binaries, Lab, UpOptions,
 };
@@ -34,17 +35,6 @@ const SVC: Ipv4Addr = Ipv4Addr::new(10, 96, 62, 1);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 62);
 const NODE_PORT: u16 = 30621;
 const UDP_NODE_PORT: u16 = 30622;
-/// The backends taking turns, in rollout order.
-const PODS: [&str; 6] = [
-    "worker-echo-1",
-    "control-plane-echo-1",
-    "worker2-echo-1",
-    "worker-echo-2",
-    "control-plane-echo-2",
-    "worker2-echo-2",
-];
-/// Ready backends at any time (a new one joins as an old one starts terminating).
-const READY: usize = 3;
 const STEP: Duration = Duration::from_secs(1);
 /// How long after a change a UDP flow may still answer from a backend that left.
 const UDP_GRACE: Duration = Duration::from_secs(1);
@@ -58,45 +48,6 @@ fn seconds() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30)
-}
-
-/// Step `k`'s slice: pods `k..k+READY` ready, pod `k-1` terminating (still serving), the
-/// rest absent. Returns the YAML and the serving pods.
-fn slice(lab: &Lab, k: usize) -> (String, BTreeSet<&'static str>) {
-    let n = PODS.len();
-    let mut endpoints = String::new();
-    let mut serving = BTreeSet::new();
-    let mut add = |name: &'static str, ready: bool| {
-        let pod = lab.pod(name).expect("pod");
-        endpoints.push_str(&format!(
-            "- addresses: [{}]\n  nodeName: {}\n  targetRef: {{kind: Pod, name: {name}, namespace: default}}\n  conditions: {{ready: {ready}, serving: true, terminating: {}}}\n",
-            pod.ip,
-            pod.node,
-            !ready
-        ));
-        serving.insert(name);
-    };
-    for i in 0..READY {
-        add(PODS[(k + i) % n], true);
-    }
-    if k > 0 {
-        add(PODS[(k + n - 1) % n], false);
-    }
-    let yaml = format!(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: churn-manual
-  namespace: default
-  labels: {{kubernetes.io/service-name: churn}}
-addressType: IPv4
-ports:
-- {{name: http, port: 8080, protocol: TCP}}
-- {{name: udp, port: 8080, protocol: UDP}}
-endpoints:
-{endpoints}"
-    );
-    (yaml, serving)
 }
 
 /// What the UDP clients heard: when, and from whom.
@@ -136,7 +87,7 @@ fn a_rolling_update_every_second_loses_no_connection(lab: &Lab) -> Result<(), Fa
     let duration = Duration::from_secs(seconds());
     // (time of the change, who serves from then on); step 0 is applied by setup.
     let history: Mutex<Vec<(Instant, BTreeSet<&'static str>)>> =
-        Mutex::new(vec![(Instant::now(), slice(lab, 0).1)]);
+        Mutex::new(vec![(Instant::now(), rollout::slice(lab, "churn", 0).1)]);
     let client_pod = lab.pod("worker-client").ok_or("no worker-client pod")?;
     let mut held = Held::open(HOST_NS, &[at(WORKER2_IP, NODE_PORT)], 20, None)?;
     if !held.open_failures.is_empty() {
@@ -188,7 +139,7 @@ fn a_rolling_update_every_second_loses_no_connection(lab: &Lab) -> Result<(), Fa
         let mut k = 1;
         while started.elapsed() < duration {
             thread::sleep((started + STEP * k as u32).saturating_duration_since(Instant::now()));
-            let (yaml, serving) = slice(lab, k);
+            let (yaml, serving) = rollout::slice(lab, "churn", k);
             // Recorded before the write: an answer is judged against the older set until a
             // second after this.
             history.lock().unwrap().push((Instant::now(), serving));
@@ -305,24 +256,9 @@ fn main() {
         UpOptions::default(),
         |lab| {
             load::raise_fd_limit().expect("raising the fd limit");
-            let svc = format!(
-                "apiVersion: v1
-kind: Service
-metadata: {{name: churn, namespace: default}}
-spec:
-  type: LoadBalancer
-  clusterIP: {SVC}
-  ports:
-  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {NODE_PORT}}}
-  - {{name: udp, port: 81, protocol: UDP, targetPort: 8080, nodePort: {UDP_NODE_PORT}}}
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LB_IP}
-"
-            );
+            let svc = rollout::service("churn", &SVC.to_string(), &LB_IP.to_string(), NODE_PORT);
             lab.apply_yaml("churn", &svc).expect("applying the service");
-            lab.apply_yaml("churn-slice", &slice(lab, 0).0)
+            lab.apply_yaml("churn-slice", &rollout::slice(lab, "churn", 0).0)
                 .expect("applying the slice");
             lab.route_from_host(&LB_IP.to_string(), "worker2")
                 .expect("routing the LB IP via worker2");

@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod run;
+mod soak;
 mod test;
 mod toolchain;
 
@@ -29,6 +30,9 @@ enum Cmd {
     /// The datapath fuzzer's long run: generated and mutated packets through every packet
     /// program, checked by an oracle (`--packets N [--seed S] [--threads T]`).
     Fuzz(fuzz::FuzzArgs),
+    /// Mixed traffic and churn for `--minutes M` in the lab: agent memory and CPU, map fill
+    /// and GC cost over time, every failure (report in target/soak/).
+    Soak(soak::SoakArgs),
     /// Measurements that print figures and write a report under target/bench/.
     Bench(bench::BenchArgs),
     /// Manage the network-namespace lab (a simulated Kind cluster).
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Test(args) => test::run_tests(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Soak(args) => soak::run(&args),
         Cmd::Lab { cmd } => {
             // Only `up` starts binaries; the rest work on what is already there.
             let artifacts = if matches!(cmd, lb_lab::cli::LabCommand::Up { .. }) {
