@@ -134,26 +134,10 @@ pub fn raise_fd_limit() -> Result<u64> {
 /// each make theirs one after the other: connect, `GET /hostname`, read the answer to the
 /// server's close, close.
 pub fn short_tcp(ns: &str, addr: SocketAddr, n: u64, threads: u64) -> Result<LoadReport> {
-    let start = Instant::now();
     let threads = threads.clamp(1, n.max(1));
-    let reports: Vec<Result<LoadReport, netns::NetnsError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let share = n / threads + u64::from(t < n % threads);
-                scope.spawn(move || netns::run_in(ns, || sequential(addr, share)))
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("load thread"))
-            .collect()
-    });
-    let mut total = LoadReport::default();
-    for r in reports {
-        total.merge(r.with_context(|| format!("entering {ns}"))?);
-    }
-    total.elapsed = start.elapsed();
-    Ok(total)
+    on_threads(ns, threads, |t| {
+        sequential(addr, n / threads + u64::from(t < n % threads))
+    })
 }
 
 /// Short connections as [`short_tcp`] makes them, from `threads` threads for `duration`.
@@ -163,11 +147,22 @@ pub fn short_tcp_for(
     duration: Duration,
     threads: u64,
 ) -> Result<LoadReport> {
+    let deadline = Instant::now() + duration;
+    on_threads(ns, threads.max(1), |_| until(addr, deadline))
+}
+
+/// Runs `work(t)` for t in 0..threads, each on a thread of its own inside `ns`, and adds
+/// up what they saw.
+fn on_threads(
+    ns: &str,
+    threads: u64,
+    work: impl Fn(u64) -> LoadReport + Sync,
+) -> Result<LoadReport> {
     let start = Instant::now();
-    let deadline = start + duration;
+    let work = &work;
     let reports: Vec<Result<LoadReport, netns::NetnsError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.max(1))
-            .map(|_| scope.spawn(move || netns::run_in(ns, || until(addr, deadline))))
+        let workers: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || netns::run_in(ns, || work(t))))
             .collect();
         workers
             .into_iter()
