@@ -415,7 +415,12 @@ async fn run(args: &Args) -> Result<()> {
     let _source_tasks = match (&args.source, client) {
         (SourceSpec::File(dir), _) => {
             // A thread of its own, which stops when the pipeline drops its receiver.
-            source::file::spawn_events(dir.clone(), args.node_name.clone(), events_tx)?;
+            source::file::spawn_events(
+                dir.clone(),
+                args.node_name.clone(),
+                events_tx,
+                Some(metrics.clone()),
+            )?;
             Vec::new()
         }
         (SourceSpec::Kube, Some(client)) => {
