@@ -25,6 +25,7 @@ use lb_agent::{
             check_snat_range, parse_cluster_cidr, read_local_port_range, DatapathSettings,
             SnatPortRange, LOCAL_PORT_RANGE,
         },
+        kernel,
         loader::{self, BpfLogLevel, Object},
         maps::aya::AyaMaps,
         privilege,
@@ -344,10 +345,20 @@ async fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<()> {
     privilege::check_agent("lb-agent")?;
+    kernel::check()?;
+    let node_options = NodeAttachOptions {
+        uplink: args.uplink.clone(),
+        xdp_mode: args.xdp_mode,
+        socket_lb: args.socket_lb,
+        cgroup_path: args.cgroup_path.clone(),
+    };
+    node_options.check()?;
     // Everything that can be wrong with the flags fails here, before the datapath changes.
     let client = match &args.source {
         SourceSpec::Kube => Some(source::kube::client(args.kubeconfig.as_deref()).await?),
-        SourceSpec::File(_) => {
+        SourceSpec::File(dir) => {
+            // A directory that is not there fails now, not after the datapath is loaded.
+            source::file::FileSource::new(dir.clone())?;
             if args.kubeconfig.is_some() {
                 warn!("--kubeconfig is only used with --source kube");
             }
@@ -399,23 +410,19 @@ async fn run(args: &Args) -> Result<()> {
     let metrics = Metrics::new(stats);
     // Conntrack GC: stopped (after its pass under way) when this drops at exit.
     let _conntrack_gc = spawn_conntrack_gc(args, metrics.clone(), conntrack_counts)?;
-    let mut node_side = NodeAttacher::start(
-        &mut ebpf,
-        &links_dir,
-        NodeAttachOptions {
-            uplink: args.uplink.clone(),
-            xdp_mode: args.xdp_mode,
-            socket_lb: args.socket_lb,
-            cgroup_path: args.cgroup_path.clone(),
-        },
-        Some(metrics.clone()),
-    )?;
+    let mut node_side =
+        NodeAttacher::start(&mut ebpf, &links_dir, node_options, Some(metrics.clone()))?;
     let health = Arc::new(Health::new(args.sync_period * 2));
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _source_tasks = match (&args.source, client) {
         (SourceSpec::File(dir), _) => {
             // A thread of its own, which stops when the pipeline drops its receiver.
-            source::file::spawn_events(dir.clone(), args.node_name.clone(), events_tx)?;
+            source::file::spawn_events(
+                dir.clone(),
+                args.node_name.clone(),
+                events_tx,
+                Some(metrics.clone()),
+            )?;
             Vec::new()
         }
         (SourceSpec::Kube, Some(client)) => {

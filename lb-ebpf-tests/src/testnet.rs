@@ -107,9 +107,6 @@ pub fn enter() -> Result<TestNet> {
 }
 
 fn ifindex(name: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(name)?;
-    // SAFETY: a NUL-terminated name; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(index != 0, "no interface {name:?} in the test namespace");
-    Ok(index)
+    nix::net::if_::if_nametoindex(name)
+        .map_err(|e| anyhow::anyhow!("no interface {name:?} in the test namespace: {e}"))
 }

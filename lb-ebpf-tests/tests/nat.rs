@@ -86,16 +86,9 @@ fn snat_range(dp: &mut Datapath, min: u16, max: u16) {
 
 /// CLOCK_MONOTONIC, the clock the datapath stamps entries with.
 fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec it is given.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) },
-        0
-    );
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    use nix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 /// Moves the flow of forward entry `key` back in time: last seen `ago_ns` before now, and

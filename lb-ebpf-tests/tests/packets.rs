@@ -623,17 +623,10 @@ fn assert_from_service(dp: &mut Datapath, program: Program, spec: &PacketSpec) {
 /// Stamps far enough in the past to expire any flow but an established one must be
 /// possible: CLOCK_MONOTONIC (the datapath's clock) must be past them.
 fn require_uptime_past_timeouts() {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec it is given.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
-        0
-    );
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     assert!(
-        now.tv_sec > 2 * lb_common::conntrack::timeout::UDP_S as i64,
+        now.tv_sec() > 2 * lb_common::conntrack::timeout::UDP_S as i64,
         "the test ages entries to stamp 0 and needs the clock past the timeouts"
     );
 }

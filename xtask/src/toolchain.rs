@@ -126,7 +126,7 @@ fn debian_toolchain() -> Result<EbpfToolchain> {
 /// If a tool is missing and cannot be installed as root.
 pub fn ensure_lab_tools() -> Result<()> {
     let why = "the lab's tools: ip, ethtool, iptables (kindnet's masquerade), nft, iperf3";
-    if unsafe_geteuid() != 0 {
+    if !is_root() {
         let missing: Vec<&str> = LAB_TOOLS
             .into_iter()
             .filter(|p| !dpkg_installed(p))
@@ -206,7 +206,7 @@ pub fn apt_install(pkgs: &[&str], why: &str) -> Result<()> {
             missing.join(" ")
         );
     }
-    if unsafe_geteuid() != 0 {
+    if !is_root() {
         bail!(
             "missing {why}; run as root or install them first: apt-get install {}",
             missing.join(" ")
@@ -230,7 +230,6 @@ fn apt_update_once() -> Result<()> {
     Ok(())
 }
 
-fn unsafe_geteuid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }

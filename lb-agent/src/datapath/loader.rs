@@ -89,11 +89,10 @@ pub enum LoadError {
         path: PathBuf,
         source: aya::maps::MapError,
     },
-    #[error("{path} was pinned by an incompatible build ({found}; this build needs {expected}); remove it and restart (its state is lost)")]
-    IncompatiblePin {
+    #[error("cannot unpin incompatible map {path}")]
+    Unpin {
         path: PathBuf,
-        found: String,
-        expected: String,
+        source: std::io::Error,
     },
     #[error("loading the eBPF object failed")]
     Load(#[from] EbpfError),
@@ -116,7 +115,10 @@ pub enum Object {
 /// Loads the object with its maps pinned under `pin_dir` (created on bpffs if needed) and
 /// both programs loaded, ready to attach. Maps created now get the sizes in `sizes` (name,
 /// max entries); a map already pinned keeps its own size (resizing it would lose its
-/// state), with a warning when it differs.
+/// state), with a warning when it differs. A pinned map of another layout (type, key or
+/// value size, left by an incompatible build) is unpinned and created anew, and maps
+/// missing from a pin dir that holds others (deleted while no agent ran) are created
+/// empty: one warning line each says so ([`check_pins`]).
 pub fn load(
     object: &Object,
     pin_dir: &Path,
@@ -135,7 +137,7 @@ pub fn load(
         Object::Embedded => EMBEDDED.ok_or(LoadError::NoObject)?,
     };
     bpffs::prepare_pin_dir(pin_dir)?;
-    check_pinned_layouts(pin_dir)?;
+    check_pins(pin_dir)?;
     warn_pinned_sizes(pin_dir, sizes);
     let level = log_level.as_global();
     let mut loader = EbpfLoader::new();
@@ -244,9 +246,6 @@ fn expected_layouts() -> [(&'static str, MapType, usize, usize); 13] {
     ]
 }
 
-/// aya reuses a pinned map by name without comparing it to the object's definition, so a
-/// map left by an older, incompatible build would be handed to the new programs. Refuse
-/// instead, and say which file to remove.
 /// Says so when a pinned map is kept at another size than the one asked for.
 fn warn_pinned_sizes(pin_dir: &Path, sizes: &[(&'static str, u32)]) {
     for (name, want) in sizes {
@@ -266,22 +265,39 @@ fn warn_pinned_sizes(pin_dir: &Path, sizes: &[(&'static str, u32)]) {
     }
 }
 
-fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
+/// What [`check_pins`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PinCheck {
+    /// Maps unpinned because their layout was not this build's: name, found, expected.
+    pub replaced: Vec<(&'static str, String, String)>,
+    /// Maps missing from a pin dir that held others (or links): created empty.
+    pub missing: Vec<&'static str>,
+}
+
+/// aya reuses a pinned map by name without comparing it to the object's definition, so a
+/// map left by an older, incompatible build would be handed to the new programs, which
+/// would read its entries as garbage. Such a map is unpinned instead (its state cannot be
+/// read by this build; the old programs keep their reference until their links are
+/// swapped), so the load creates it anew; each is named in one warning line. Maps missing
+/// while others (or links) are pinned were deleted while no agent ran: one line names them.
+/// A first start (nothing pinned) says nothing.
+pub fn check_pins(pin_dir: &Path) -> Result<PinCheck, LoadError> {
+    let mut check = PinCheck::default();
+    let mut present = 0;
     for (name, map_type, key, value) in expected_layouts() {
         let path = pin_dir.join(name);
         if !path.exists() {
+            check.missing.push(name);
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(|source| LoadError::InspectPin {
+        present += 1;
+        let inspect = |source| LoadError::InspectPin {
             path: path.clone(),
             source,
-        })?;
-        let found_type = info.map_type().map_err(|source| LoadError::InspectPin {
-            path: path.clone(),
-            source,
-        })?;
+        };
+        let info = MapInfo::from_pin(&path).map_err(inspect)?;
         let found = (
-            found_type,
+            info.map_type().map_err(inspect)?,
             info.key_size() as usize,
             info.value_size() as usize,
         );
@@ -289,14 +305,29 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), LoadError> {
             let show = |(t, k, v): (MapType, usize, usize)| {
                 format!("{t:?} with {k}-byte keys and {v}-byte values")
             };
-            return Err(LoadError::IncompatiblePin {
-                path,
-                found: show(found),
-                expected: show((map_type, key, value)),
-            });
+            let (found, expected) = (show(found), show((map_type, key, value)));
+            std::fs::remove_file(&path).map_err(|source| LoadError::Unpin {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::warn!(
+                map = name,
+                "pinned map {} has another layout ({found}; this build needs {expected}): replaced by a new, empty one (its entries cannot be read by this build)",
+                path.display()
+            );
+            check.replaced.push((name, found, expected));
         }
     }
-    Ok(())
+    if present == 0 && !pin_dir.join("links").exists() {
+        check.missing.clear();
+    } else if !check.missing.is_empty() {
+        tracing::warn!(
+            maps = check.missing.join(","),
+            "pinned maps missing from {} (deleted while no agent ran?): created empty; the pinned links are swapped to programs using them",
+            pin_dir.display()
+        );
+    }
+    Ok(check)
 }
 
 #[cfg(test)]
@@ -327,17 +358,8 @@ mod tests {
         assert_eq!(BpfLogLevel::Debug.as_global(), aya_log::Level::Debug as u8);
     }
 
-    #[test]
-    fn maps_are_pinned_by_name_and_found_again_by_the_next_load() {
-        if !require_root("loading the eBPF object") || !require_object() {
-            return;
-        }
-        let pins = PinDir::new("loader-reuse");
-        let mut ebpf =
-            load(&Object::Embedded, pins.path(), BpfLogLevel::Info, &[]).expect("first load");
-        for name in names::ALL {
-            assert!(pins.path().join(name).exists(), "{name} is not pinned");
-        }
+    /// Writes one frontend through `ebpf`'s maps and drops it (the pins stay).
+    fn write_a_frontend(mut ebpf: Ebpf) -> (FrontendKey, Frontend) {
         let key = FrontendKey::new([10, 96, 0, 1].into(), 53, lb_common::proto::UDP);
         let value = Frontend {
             service_id: 9,
@@ -347,7 +369,21 @@ mod tests {
             .expect("maps")
             .put_frontend(&key, &value)
             .expect("write");
-        drop(ebpf);
+        (key, value)
+    }
+
+    #[test]
+    fn maps_are_pinned_by_name_and_found_again_by_the_next_load() {
+        if !require_root("loading the eBPF object") || !require_object() {
+            return;
+        }
+        let pins = PinDir::new("loader-reuse");
+        let ebpf =
+            load(&Object::Embedded, pins.path(), BpfLogLevel::Info, &[]).expect("first load");
+        for name in names::ALL {
+            assert!(pins.path().join(name).exists(), "{name} is not pinned");
+        }
+        let (key, value) = write_a_frontend(ebpf);
 
         let mut again =
             load(&Object::Embedded, pins.path(), BpfLogLevel::Off, &[]).expect("second load");
@@ -359,24 +395,67 @@ mod tests {
     }
 
     #[test]
-    fn a_map_pinned_by_an_incompatible_build_is_refused() {
+    fn a_map_pinned_by_an_incompatible_build_is_replaced_and_the_rest_kept() {
         if !require_root("loading the eBPF object") || !require_object() {
             return;
         }
         let good = PinDir::new("loader-good");
         let bad = PinDir::new("loader-bad");
-        drop(load(&Object::Embedded, good.path(), BpfLogLevel::Off, &[]).expect("load"));
-        // A hash map where an array of Config belongs.
-        MapData::from_pin(good.path().join(names::BACKENDS))
-            .expect("open")
-            .pin(bad.path().join(names::CONFIG))
-            .expect("pin");
-        let err =
-            load(&Object::Embedded, bad.path(), BpfLogLevel::Off, &[]).expect_err("must refuse");
-        assert!(
-            matches!(&err, LoadError::IncompatiblePin { path, .. } if path.ends_with(names::CONFIG)),
-            "{err}"
+        let ebpf = load(&Object::Embedded, good.path(), BpfLogLevel::Off, &[]).expect("load");
+        let (key, value) = write_a_frontend(ebpf);
+        // A hash map where an array of Config belongs, and the frontends kept.
+        for (from, to) in [
+            (names::BACKENDS, names::CONFIG),
+            (names::FRONTENDS, names::FRONTENDS),
+        ] {
+            MapData::from_pin(good.path().join(from))
+                .expect("open")
+                .pin(bad.path().join(to))
+                .expect("pin");
+        }
+        let check = check_pins(bad.path()).expect("checked");
+        assert_eq!(
+            check.replaced.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [names::CONFIG]
         );
-        assert!(err.to_string().contains("remove it"), "{err}");
+        assert!(check.replaced[0].1.starts_with("Hash"), "{check:?}");
+        assert!(!bad.path().join(names::CONFIG).exists(), "unpinned");
+        assert_eq!(check.missing.len(), names::ALL.len() - 2, "{check:?}");
+
+        let mut again =
+            load(&Object::Embedded, bad.path(), BpfLogLevel::Off, &[]).expect("replaced");
+        let info = MapInfo::from_pin(bad.path().join(names::CONFIG)).expect("pinned again");
+        assert_eq!(info.map_type().expect("type"), MapType::Array);
+        let frontends = AyaMaps::from_ebpf(&mut again)
+            .expect("maps")
+            .frontends()
+            .expect("read");
+        assert_eq!(
+            frontends,
+            [(key, value)],
+            "the compatible map keeps its state"
+        );
+        assert_eq!(
+            check_pins(bad.path()).expect("checked"),
+            PinCheck::default()
+        );
+    }
+
+    #[test]
+    fn a_first_start_reports_nothing_missing() {
+        if !require_root("creating a pin dir") {
+            return;
+        }
+        let pins = PinDir::new("loader-first");
+        assert_eq!(
+            check_pins(pins.path()).expect("checked"),
+            PinCheck::default()
+        );
+        std::fs::create_dir(pins.path().join("links")).expect("mkdir");
+        assert_eq!(
+            check_pins(pins.path()).expect("checked").missing.len(),
+            names::ALL.len(),
+            "links without maps: the maps were deleted"
+        );
     }
 }

@@ -5,12 +5,14 @@
 //!
 //! Beside them, what the datapath is given or needs before it runs: its settings in
 //! LB_CONFIG ([`config`]), the size of its conntrack tables ([`sizing`]), its log
-//! ([`bpf_log`]) and the privileges loading it takes ([`privilege`]).
+//! ([`bpf_log`]), the privileges loading it takes ([`privilege`]) and the kernel features it
+//! needs ([`kernel`]).
 
 pub mod attach;
 pub mod bpf_log;
 pub mod bpffs;
 pub mod config;
+pub mod kernel;
 pub mod loader;
 pub mod maps;
 pub mod privilege;

@@ -62,7 +62,7 @@ pub enum PrivilegeError {
         program: &'static str,
         missing: Vec<Capability>,
     },
-    #[error("{0} needs CAP_BPF (or root) to read pinned maps")]
+    #[error("{0} needs CAP_BPF (or root) to open pinned maps, to read them or (conntrack flush) delete entries")]
     Reader(&'static str),
 }
 
@@ -186,7 +186,7 @@ mod tests {
         );
         assert_eq!(
             PrivilegeError::Reader("lbctl").to_string(),
-            "lbctl needs CAP_BPF (or root) to read pinned maps"
+            "lbctl needs CAP_BPF (or root) to open pinned maps, to read them or (conntrack flush) delete entries"
         );
     }
 }

@@ -232,6 +232,10 @@ async fn serve(
                     .as_ref()
                     .is_none_or(|h| h.healthz(SystemTime::now()).healthy);
                 async move {
+                    // Read-only like the agent's other ports.
+                    if req.method() != Method::GET && req.method() != Method::HEAD {
+                        return Ok::<_, Infallible>(super::server::method_not_allowed());
+                    }
                     let (status, body) = respond(&current, healthy);
                     let mut r = Response::new(Full::new(if req.method() == Method::HEAD {
                         Bytes::new()
@@ -278,9 +282,15 @@ mod tests {
 
     /// `GET path` on 127.0.0.1:`port`: the status code and the body.
     async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        request(port, "GET", path).await
+    }
+
+    /// `method path` on 127.0.0.1:`port`: the status code and the body.
+    async fn request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
         let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
         let mut out = String::new();
@@ -371,6 +381,23 @@ mod tests {
         }
         assert!(closed, "old ports still answer");
         drop(servers);
+    }
+
+    #[tokio::test]
+    async fn health_check_ports_answer_only_get_and_head() {
+        let port = free_port();
+        let mut servers = HealthCheckServers::new(Ipv4Addr::LOCALHOST.into(), None);
+        servers.update(&checks(&[("web", port, 1)]));
+        for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            let (status, body) = request(port, method, "/").await.expect(method);
+            assert_eq!(
+                (status, body.as_str()),
+                (405, "only GET and HEAD\n"),
+                "{method}"
+            );
+        }
+        assert_eq!(request(port, "HEAD", "/").await.expect("head").0, 200);
+        assert_eq!(get(port, "/").await.expect("get").0, 200);
     }
 
     #[tokio::test]

@@ -4,6 +4,10 @@
 //!   health port;
 //! - the health port (`--healthz-bind-address`, 10256): `/healthz` and `/livez`
 //!   ([`health`](super::health)).
+//!
+//! Both are read-only: every method but GET and HEAD is answered 405 before the path is
+//! looked at, so nothing an HTTP client sends reaches the pipeline or changes a map. Each
+//! listens only on the address its flag gives.
 
 use std::{
     convert::Infallible,
@@ -68,7 +72,7 @@ impl Routes {
     /// The response to `method path`.
     pub async fn respond(&self, method: &Method, path: &str) -> Reply {
         if method != Method::GET && method != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            return method_not_allowed();
         }
         let health = match self {
             Routes::Metrics { health, .. } | Routes::Health(health) => health,
@@ -119,6 +123,14 @@ fn probe(p: super::health::Probe) -> Reply {
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),
     );
+    r
+}
+
+/// 405 with the methods that are allowed, as RFC 9110 asks.
+pub(crate) fn method_not_allowed() -> Reply {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
     r
 }
 
@@ -279,6 +291,101 @@ mod tests {
         s.read_to_string(&mut out).await.expect("read");
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
         assert!(out.contains("\"nodeEligible\":true"), "{out}");
+        server.abort();
+    }
+
+    /// Sends `request` on a new connection to `addr` and returns the whole answer.
+    async fn raw(addr: SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    const PATHS: [&str; 7] = [
+        "/",
+        "/metrics",
+        "/state",
+        "/healthz",
+        "/livez",
+        "/nope",
+        "/state?x=1",
+    ];
+    const WRITES: [&str; 6] = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
+
+    #[tokio::test]
+    async fn no_method_but_get_and_head_is_served_on_any_path_of_either_port() {
+        let (routes, health, mut requests) = metrics_routes();
+        health.updated(SystemTime::now());
+        let metrics = match &routes {
+            Routes::Metrics { metrics, .. } => metrics.clone(),
+            Routes::Health(_) => unreachable!(),
+        };
+        let servers = [routes, Routes::Health(health.clone())];
+        for routes in servers {
+            let listener = bind("127.0.0.1:0".parse().expect("addr"), "--test")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = spawn(listener, routes);
+            // Health as it would be reported at one fixed moment, before and after.
+            let at = SystemTime::now();
+            let healthz_before = health.healthz(at).body;
+            let metrics_before = metrics.encode().expect("encode");
+            for method in WRITES {
+                for path in PATHS {
+                    let body = "{\"synced\":false}";
+                    let out = raw(
+                        addr,
+                        &format!(
+                            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                    )
+                    .await;
+                    assert!(
+                        out.starts_with("HTTP/1.1 405 Method Not Allowed"),
+                        "{method} {path}: {out}"
+                    );
+                    assert!(out.contains("allow: GET, HEAD"), "{method} {path}: {out}");
+                }
+            }
+            // Nothing reached the pipeline, and what is served is as it was.
+            assert!(requests.try_recv().is_err(), "a write reached the pipeline");
+            assert_eq!(health.healthz(at).body, healthz_before);
+            assert!(health.healthz(at).healthy);
+            assert_eq!(metrics.encode().expect("encode"), metrics_before);
+            server.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_loopback_bind_address_listens_there_only() {
+        let listener = bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            "--metrics-bind-address",
+        )
+        .await
+        .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let server = spawn(listener, Routes::Health(health));
+        let out = raw(
+            addr,
+            "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 "), "{out}");
+        // Every 127/8 address is this host's, so only the bind address keeps 127.0.0.2 out.
+        let other = SocketAddr::new(std::net::Ipv4Addr::new(127, 0, 0, 2).into(), addr.port());
+        let err = tokio::net::TcpStream::connect(other)
+            .await
+            .expect_err("127.0.0.2 must not be served");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        // Had it bound 0.0.0.0, the port would be taken on 127.0.0.2 too.
+        drop(bind(other, "--test").await.expect("127.0.0.2 is not taken"));
         server.abort();
     }
 

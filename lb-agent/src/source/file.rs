@@ -8,12 +8,24 @@
 //! Each read is a complete snapshot; [`spawn_events`] sends it as a full resync of Services
 //! and EndpointSlices together. A file source has no Node: the node's addresses, pod CIDRs
 //! and zone come from the command line.
+//!
+//! Only what lies inside the directory is read: a manifest that is a symlink must resolve
+//! to a regular file below the directory (a ConfigMap volume's `..data` links do), and what
+//! is opened is checked again through the open descriptor, so a link swapped between the
+//! check and the open cannot lead outside. Links out of the directory, FIFOs, sockets,
+//! devices and files above [`MAX_MANIFEST_BYTES`] are skipped with the reason, like a
+//! document that does not parse, and counted in `lb_invalid_objects_total{kind="file"}`.
 
 use std::{
     ffi::OsString,
-    fmt, fs, io,
-    os::unix::fs::MetadataExt,
+    fmt, fs,
+    io::{self, Read},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
+    sync::Arc,
     thread,
     time::Duration,
 };
@@ -30,6 +42,7 @@ use super::{Change, EventSender, SourceEvent, Update};
 use crate::{
     error_chain::error_chain,
     model::{parse_service, parse_slice},
+    serve::metrics::{Metrics, SkipLabels},
 };
 
 /// Everything the directory held at one moment.
@@ -41,7 +54,8 @@ pub struct Snapshot {
 
 /// Starts a file source over `dir` that sends each snapshot as a full resync of Services
 /// and EndpointSlices (`node_name` marks this node's endpoints). Its thread stops when the
-/// receiving end of `events` is dropped.
+/// receiving end of `events` is dropped. Files and documents it skips are counted in
+/// `metrics` (`lb_invalid_objects_total{kind="file",reason}`) at each read.
 ///
 /// Each snapshot is turned into the model's small form on the source's thread and the API
 /// objects are dropped there: nothing keeps the parsed manifests once they are converted
@@ -50,9 +64,12 @@ pub fn spawn_events(
     dir: PathBuf,
     node_name: String,
     events: EventSender,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<(), FileSourceError> {
     let closed = events.clone();
-    FileSource::new(dir)?.spawn(
+    let mut source = FileSource::new(dir)?;
+    source.metrics = metrics;
+    source.spawn(
         move |snapshot| {
             let update = to_update(snapshot, &node_name);
             events.blocking_send(SourceEvent::now(update)).is_ok()
@@ -78,6 +95,13 @@ fn to_update(snapshot: Snapshot, node_name: &str) -> Update {
 /// How often the directory is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// A larger manifest is skipped rather than read into memory (10 000 services with their
+/// slices take a few MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// The `kind` label of what the file source skips in `lb_invalid_objects_total`.
+pub const METRIC_KIND: &str = "file";
+
 /// The namespace `kubectl apply` gives an object whose manifest names none.
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -96,6 +120,7 @@ pub enum FileSourceError {
 pub struct FileSource {
     dir: PathBuf,
     last: Option<Fingerprint>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl FileSource {
@@ -108,7 +133,11 @@ impl FileSource {
         if !meta.is_dir() {
             return Err(FileSourceError::NotADirectory(dir));
         }
-        Ok(Self { dir, last: None })
+        Ok(Self {
+            dir,
+            last: None,
+            metrics: None,
+        })
     }
 
     /// Reads the directory if anything in it changed since the last call (always on the
@@ -122,6 +151,14 @@ impl FileSource {
         let read = read_dir(&self.dir)?;
         for problem in &read.problems {
             warn!("skipping {problem}");
+            if let Some(m) = &self.metrics {
+                m.invalid_objects
+                    .get_or_create(&SkipLabels {
+                        kind: METRIC_KIND,
+                        reason: problem.reason.label(),
+                    })
+                    .inc();
+            }
         }
         for ignored in &read.ignored {
             debug!("ignoring {ignored}");
@@ -177,14 +214,15 @@ impl FileSource {
 
 /// What identifies the directory's content without reading it: for every manifest, its
 /// name, size, modification time and inode (a file replaced by rename changes inode even
-/// when size and mtime match).
+/// when size and mtime match). A link is followed where it can be (a ConfigMap volume's
+/// swapped `..data` changes what its files resolve to), else its own entry is taken.
 type Fingerprint = Vec<(OsString, u64, i64, i64, u64)>;
 
 fn fingerprint(dir: &Path) -> Result<Fingerprint, FileSourceError> {
     let mut entries = Vec::new();
     for path in manifest_paths(dir)? {
         // A file deleted between listing and stat simply drops out; the next poll agrees.
-        if let Ok(m) = fs::metadata(&path) {
+        if let Ok(m) = fs::metadata(&path).or_else(|_| fs::symlink_metadata(&path)) {
             let name = path.file_name().map(OsString::from).unwrap_or_default();
             entries.push((name, m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
         }
@@ -192,8 +230,9 @@ fn fingerprint(dir: &Path) -> Result<Fingerprint, FileSourceError> {
     Ok(entries)
 }
 
-/// The `*.yaml`/`*.yml` regular files (or links to them) in `dir`, sorted by name. Hidden
-/// files are editor droppings or ConfigMap-volume internals, never manifests.
+/// The `*.yaml`/`*.yml` entries in `dir` that are not directories, sorted by name; whether
+/// each may be read is [`open_manifest`]'s to say. Hidden files are editor droppings or
+/// ConfigMap-volume internals, never manifests.
 fn manifest_paths(dir: &Path) -> Result<Vec<PathBuf>, FileSourceError> {
     let read_dir_error = |source| FileSourceError::ReadDir {
         dir: dir.to_owned(),
@@ -209,12 +248,117 @@ fn manifest_paths(dir: &Path) -> Result<Vec<PathBuf>, FileSourceError> {
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
-        if is_yaml && !name.starts_with('.') && path.is_file() {
+        if is_yaml && !name.starts_with('.') && !path.is_dir() {
             paths.push(path);
         }
     }
     paths.sort();
     Ok(paths)
+}
+
+/// Why a file or document was skipped: the `reason` label of
+/// `lb_invalid_objects_total{kind="file"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// A link (or a path through one) that resolves outside the source directory.
+    OutsideDir,
+    /// A FIFO, socket or device: reading one could block the source or touch hardware.
+    NotRegular,
+    /// Above [`MAX_MANIFEST_BYTES`].
+    TooLarge,
+    /// Cannot be opened or read (a dangling link, permissions, not UTF-8).
+    Unreadable,
+    InvalidYaml,
+    /// A document that is not a Kubernetes object, or a `List` without items.
+    NotAnObject,
+    /// A Service or EndpointSlice that does not deserialize.
+    InvalidObject,
+    /// A well-formed object of a kind this source does not take: ignored, not counted.
+    OtherKind,
+}
+
+impl Problem {
+    pub fn label(self) -> &'static str {
+        match self {
+            Problem::OutsideDir => "outside_source_dir",
+            Problem::NotRegular => "not_a_regular_file",
+            Problem::TooLarge => "too_large",
+            Problem::Unreadable => "unreadable",
+            Problem::InvalidYaml => "invalid_yaml",
+            Problem::NotAnObject => "not_an_object",
+            Problem::InvalidObject => "invalid_object",
+            Problem::OtherKind => "other_kind",
+        }
+    }
+}
+
+/// Reads the manifest at `path` (an entry of `dir`, whose canonical form is `dir`) if it is
+/// a regular file inside `dir`, following links that stay inside.
+fn open_manifest(dir: &Path, path: &Path) -> Result<String, (Problem, String)> {
+    let outside = |target: &Path| {
+        (
+            Problem::OutsideDir,
+            format!(
+                "resolves to {}, outside the source directory {}",
+                target.display(),
+                dir.display()
+            ),
+        )
+    };
+    let unreadable = |e: io::Error| (Problem::Unreadable, format!("cannot read file: {e}"));
+    // Checked before opening: opening a device or FIFO elsewhere is already touching it.
+    let target = fs::canonicalize(path).map_err(unreadable)?;
+    if !target.starts_with(dir) {
+        return Err(outside(&target));
+    }
+    let kind = fs::metadata(&target).map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err((
+            Problem::NotRegular,
+            format!("is {what}, not a regular file"),
+        ));
+    }
+    // O_NONBLOCK: a FIFO swapped in after the check does not hang the source; O_NOFOLLOW:
+    // nor does a link swapped in for the file itself.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(unreadable)?;
+    // What was opened, whatever was swapped meanwhile along the path.
+    let opened =
+        fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(unreadable)?;
+    if !opened.starts_with(dir) {
+        return Err(outside(&opened));
+    }
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err((Problem::NotRegular, "is not a regular file".into()));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err((
+            Problem::TooLarge,
+            format!(
+                "is {} bytes, above the {MAX_MANIFEST_BYTES} a manifest may have",
+                meta.len()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    Ok(text)
 }
 
 /// The result of reading a directory once.
@@ -232,6 +376,8 @@ pub struct DirRead {
 pub struct Located {
     pub origin: Origin,
     pub what: String,
+    /// For an ignored document, [`Problem::OtherKind`].
+    pub reason: Problem,
 }
 
 impl fmt::Display for Located {
@@ -269,13 +415,19 @@ impl fmt::Display for Origin {
 /// agent's start at 10 000 services (the maps are written only after it), and files are
 /// independent. The result is merged in file order, so it is the same as a serial read.
 pub fn read_dir(dir: &Path) -> Result<DirRead, FileSourceError> {
+    // Resolved now, so a directory reached through a link (or replaced) is judged by what
+    // it is at this read.
+    let dir = &fs::canonicalize(dir).map_err(|source| FileSourceError::ReadDir {
+        dir: dir.to_owned(),
+        source,
+    })?;
     let paths = manifest_paths(dir)?;
     let threads = thread::available_parallelism().map_or(1, usize::from);
     let per_thread = paths.len().div_ceil(threads).max(1);
     let parts: Vec<Vec<DirRead>> = thread::scope(|scope| {
         let workers: Vec<_> = paths
             .chunks(per_thread)
-            .map(|chunk| scope.spawn(|| chunk.iter().map(|p| read_file(p)).collect()))
+            .map(|chunk| scope.spawn(|| chunk.iter().map(|p| read_file(dir, p)).collect()))
             .collect();
         workers
             .into_iter()
@@ -298,17 +450,18 @@ pub fn read_dir(dir: &Path) -> Result<DirRead, FileSourceError> {
 }
 
 /// One manifest file's objects, problems and ignored documents.
-fn read_file(path: &Path) -> DirRead {
+fn read_file(dir: &Path, path: &Path) -> DirRead {
     let mut read = DirRead::default();
-    match fs::read_to_string(path) {
+    match open_manifest(dir, path) {
         Ok(text) => read_text(path, &text, &mut read),
-        Err(e) => read.problems.push(Located {
+        Err((reason, what)) => read.problems.push(Located {
             origin: Origin {
                 file: path.to_owned(),
                 document: None,
                 item: None,
             },
-            what: format!("cannot read file: {e}"),
+            what,
+            reason,
         }),
     }
     read
@@ -328,6 +481,7 @@ fn read_text(file: &Path, text: &str, read: &mut DirRead) {
                 Err(e) => read.problems.push(Located {
                     origin,
                     what: format!("invalid YAML merge key: {e}"),
+                    reason: Problem::InvalidYaml,
                 }),
             },
             Err(_) => {
@@ -340,7 +494,11 @@ fn read_text(file: &Path, text: &str, read: &mut DirRead) {
                     || "invalid YAML".to_owned(),
                     |e| format!("invalid YAML: {e}"),
                 );
-                read.problems.push(Located { origin, what });
+                read.problems.push(Located {
+                    origin,
+                    what,
+                    reason: Problem::InvalidYaml,
+                });
             }
         }
     }
@@ -386,12 +544,18 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
 
 /// Takes a parsed document: a Service, an EndpointSlice, or a `List` of them.
 fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
-    let problem =
-        |read: &mut DirRead, origin, what: String| read.problems.push(Located { origin, what });
+    let problem = |read: &mut DirRead, origin, reason, what: String| {
+        read.problems.push(Located {
+            origin,
+            what,
+            reason,
+        })
+    };
     if !value.is_mapping() {
         return problem(
             read,
             origin,
+            Problem::NotAnObject,
             "not a Kubernetes object (not a mapping)".into(),
         );
     }
@@ -406,7 +570,12 @@ fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
                 default_namespace(&mut svc.metadata);
                 read.snapshot.services.push(svc);
             }
-            Err(e) => problem(read, origin, format!("invalid Service: {e}")),
+            Err(e) => problem(
+                read,
+                origin,
+                Problem::InvalidObject,
+                format!("invalid Service: {e}"),
+            ),
         },
         (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => {
             match serde_norway::from_value::<EndpointSlice>(value) {
@@ -414,7 +583,12 @@ fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
                     default_namespace(&mut slice.metadata);
                     read.snapshot.endpoint_slices.push(slice);
                 }
-                Err(e) => problem(read, origin, format!("invalid EndpointSlice: {e}")),
+                Err(e) => problem(
+                    read,
+                    origin,
+                    Problem::InvalidObject,
+                    format!("invalid EndpointSlice: {e}"),
+                ),
             }
         }
         // What `kubectl get ... -o yaml` prints for more than one object.
@@ -428,15 +602,22 @@ fn take_object(value: Value, origin: Origin, read: &mut DirRead) {
                     take_object(item.clone(), origin, read);
                 }
             }
-            None => problem(read, origin, "List without items".into()),
+            None => problem(
+                read,
+                origin,
+                Problem::NotAnObject,
+                "List without items".into(),
+            ),
         },
         (Some(api_version), Some(kind)) => read.ignored.push(Located {
             origin,
             what: format!("{api_version} {kind}"),
+            reason: Problem::OtherKind,
         }),
         _ => problem(
             read,
             origin,
+            Problem::NotAnObject,
             "not a Kubernetes object (no apiVersion or kind)".into(),
         ),
     }
@@ -697,11 +878,179 @@ spec:
         ));
     }
 
+    /// The problems of a read, as (file name, reason label), in file order.
+    fn refusals(read: &DirRead) -> Vec<(String, &'static str)> {
+        read.problems
+            .iter()
+            .map(|p| {
+                let name = p.origin.file.file_name().unwrap_or_default();
+                (name.to_string_lossy().into_owned(), p.reason.label())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn links_that_lead_outside_the_directory_are_skipped_with_the_reason() {
+        use std::os::unix::fs::symlink;
+        let outside = dir_with(&[("secret.yaml", SERVICE)]);
+        let dir = dir_with(&[("ok.yaml", SLICE)]);
+        let d = dir.path();
+        symlink(outside.path().join("secret.yaml"), d.join("abs.yaml")).expect("link");
+        let up = format!(
+            "../{}/secret.yaml",
+            outside.path().file_name().unwrap().to_string_lossy()
+        );
+        symlink(&up, d.join("dotdot.yaml")).expect("link");
+        // A link to a directory outside, and a manifest reached through it.
+        symlink(outside.path(), d.join("..data")).expect("link");
+        symlink("..data/secret.yaml", d.join("via-data.yaml")).expect("link");
+        symlink("/etc/passwd", d.join("passwd.yaml")).expect("link");
+
+        let read = read_dir(d).expect("read");
+        assert_eq!(names(&read), (vec![], vec!["web-abc".into()]));
+        assert_eq!(
+            refusals(&read),
+            [
+                ("abs.yaml".into(), "outside_source_dir"),
+                ("dotdot.yaml".into(), "outside_source_dir"),
+                ("passwd.yaml".into(), "outside_source_dir"),
+                ("via-data.yaml".into(), "outside_source_dir"),
+            ]
+        );
+        let text = read.problems[0].to_string();
+        assert!(
+            text.contains("secret.yaml, outside the source directory"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn links_that_stay_inside_are_followed_as_a_configmap_volume_lays_them_out() {
+        use std::os::unix::fs::symlink;
+        let dir = dir_with(&[]);
+        let d = dir.path();
+        fs::create_dir(d.join("..2024_01_01")).expect("mkdir");
+        fs::write(d.join("..2024_01_01/svc.yaml"), SERVICE).expect("write");
+        symlink("..2024_01_01", d.join("..data")).expect("link");
+        symlink("..data/svc.yaml", d.join("svc.yaml")).expect("link");
+        fs::create_dir(d.join("sub")).expect("mkdir");
+        fs::write(d.join("sub/slice.yaml"), SLICE).expect("write");
+        symlink("sub/../sub/slice.yaml", d.join("slice.yaml")).expect("link");
+        // Reached through a link to the directory itself.
+        let via = dir_with(&[]);
+        symlink(d, via.path().join("lb")).expect("link");
+
+        let read = read_dir(&via.path().join("lb")).expect("read");
+        assert!(read.problems.is_empty(), "{:?}", read.problems);
+        assert_eq!(names(&read), (vec!["web".into()], vec!["web-abc".into()]));
+    }
+
+    #[test]
+    fn fifos_sockets_dangling_links_and_huge_files_are_skipped_not_read() {
+        use std::os::unix::fs::symlink;
+        let dir = dir_with(&[("ok.yaml", SERVICE)]);
+        let d = dir.path();
+        nix::unistd::mkfifo(&d.join("fifo.yaml"), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let _socket = std::os::unix::net::UnixListener::bind(d.join("sock.yaml")).expect("socket");
+        symlink("/dev/zero", d.join("zero.yaml")).expect("link");
+        symlink("missing.yaml.orig", d.join("dangling.yaml")).expect("link");
+        let big = fs::File::create(d.join("big.yaml")).expect("create");
+        big.set_len(MAX_MANIFEST_BYTES + 1).expect("sparse file");
+        // A directory with a manifest's name is not a manifest, nor a problem.
+        fs::create_dir(d.join("dir.yaml")).expect("mkdir");
+
+        // A FIFO opened for reading would block the source forever: the read must return.
+        let read = read_dir(d).expect("read");
+        assert_eq!(read.snapshot.services.len(), 1);
+        assert_eq!(
+            refusals(&read),
+            [
+                ("big.yaml".into(), "too_large"),
+                ("dangling.yaml".into(), "unreadable"),
+                ("fifo.yaml".into(), "not_a_regular_file"),
+                ("sock.yaml".into(), "not_a_regular_file"),
+                ("zero.yaml".into(), "outside_source_dir"),
+            ]
+        );
+        assert!(
+            read.problems[2]
+                .to_string()
+                .ends_with("is a FIFO, not a regular file"),
+            "{}",
+            read.problems[2]
+        );
+        // Inside the directory, a device is refused for what it is.
+        let dev = dir_with(&[]);
+        if nix::sys::stat::mknod(
+            &dev.path().join("null.yaml"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::S_IRUSR,
+            nix::sys::stat::makedev(1, 3),
+        )
+        .is_ok()
+        {
+            let read = read_dir(dev.path()).expect("read");
+            assert_eq!(
+                refusals(&read),
+                [("null.yaml".into(), "not_a_regular_file")]
+            );
+            assert!(
+                read.problems[0].what.contains("a device"),
+                "{:?}",
+                read.problems
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_has_a_metric_label_and_parse_errors_keep_theirs() {
+        let bad = SERVICE.replace("port: 80", "port: eighty");
+        let dir = dir_with(&[(
+            "a.yaml",
+            &format!(
+                "{bad}---
+kind: [x
+---
+- 1
+"
+            ),
+        )]);
+        let read = read_dir(dir.path()).expect("read");
+        let labels: Vec<_> = read.problems.iter().map(|p| p.reason.label()).collect();
+        assert_eq!(labels, ["invalid_object", "invalid_yaml", "not_an_object"]);
+    }
+
+    #[tokio::test]
+    async fn skipped_files_are_counted_in_invalid_objects() {
+        use std::os::unix::fs::symlink;
+        let outside = dir_with(&[("secret.yaml", SERVICE)]);
+        let dir = dir_with(&[("ok.yaml", SERVICE)]);
+        symlink(
+            outside.path().join("secret.yaml"),
+            dir.path().join("x.yaml"),
+        )
+        .expect("link");
+        let metrics = Metrics::new(None);
+        let mut source = FileSource::new(dir.path().to_owned()).expect("source");
+        source.metrics = Some(metrics.clone());
+        source.poll().expect("poll").expect("first poll reads");
+        let text = metrics.encode().expect("encode");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("lb_invalid_objects_total{"))
+            .unwrap_or_else(|| panic!("no lb_invalid_objects_total in\n{text}"));
+        assert!(
+            line.contains("kind=\"file\"") && line.contains("reason=\"outside_source_dir\""),
+            "{line}"
+        );
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+
     #[tokio::test]
     async fn spawned_source_sends_each_snapshot_as_a_full_resync() {
         let dir = dir_with(&[("a.yaml", SERVICE)]);
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        spawn_events(dir.path().to_owned(), "node-a".into(), tx).expect("spawn");
+        spawn_events(dir.path().to_owned(), "node-a".into(), tx, None).expect("spawn");
         async fn next(rx: &mut crate::source::EventReceiver) -> (usize, usize) {
             let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await

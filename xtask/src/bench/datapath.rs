@@ -69,8 +69,7 @@ enum Msg {
 }
 
 pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&str)) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         results.note("datapath: not measured (BPF_PROG_TEST_RUN needs root)");
         return Ok(());
     }

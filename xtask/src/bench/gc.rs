@@ -101,8 +101,7 @@ pub fn pass_command(args: &Args) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, results: &mut Results, status: &mut dyn FnMut(&str)) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         results.note("gc: not measured (loading the eBPF object needs root)");
         return Ok(());
     }

@@ -343,9 +343,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let pid = self.0.id() as i32;
-        // SAFETY: kill on the PID of our own child, which we have not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not reaped yet: the PID is still its.
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {

@@ -347,8 +347,7 @@ mod tests {
     fn privileged_test_enabled() -> Option<&'static str> {
         let ci = std::env::var_os("CI").is_some();
         let asked = std::env::var_os("LB_PRIVILEGED_TESTS").is_some();
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = nix::unistd::geteuid().is_root();
         match (ci || asked, root) {
             (false, _) => Some("set LB_PRIVILEGED_TESTS=1 (as root) to run it"),
             (true, true) => None,

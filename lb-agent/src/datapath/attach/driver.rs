@@ -54,9 +54,20 @@ pub fn driver_of(iface: &str) -> io::Result<String> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    // SAFETY: all-zero is a valid value of these plain C structs.
-    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
-    info.cmd = ETHTOOL_GDRVINFO;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         data: &mut info,

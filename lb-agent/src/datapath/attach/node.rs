@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    cgroup::{default_cgroup_path, SocketLb},
+    cgroup::{check_cgroup2, default_cgroup_path, SocketLb},
     uplink::{self, UplinkTc},
     xdp::{UplinkXdp, XdpModeFlag},
     AttachError,
@@ -48,19 +48,37 @@ pub struct NodeAttacher {
     last_problem: Option<String>,
 }
 
+impl NodeAttachOptions {
+    /// Fails on flags that name what is not there: an `--uplink` interface this network
+    /// namespace does not have, or (with socket LB on) a `--cgroup-path` that is not a
+    /// cgroup2 directory, or no cgroup2 mount to default to. The agent calls this before it
+    /// loads anything, so a bad flag leaves nothing pinned or attached.
+    pub fn check(&self) -> Result<(), AttachError> {
+        if let Some(name) = &self.uplink {
+            uplink::resolve(Some(name), &[])?;
+        }
+        if self.socket_lb {
+            let path = match &self.cgroup_path {
+                Some(p) => p.clone(),
+                None => default_cgroup_path()?,
+            };
+            check_cgroup2(&path)?;
+        }
+        Ok(())
+    }
+}
+
 impl NodeAttacher {
-    /// Checks the flags (an `--uplink` that does not exist fails here), then attaches the
-    /// socket programs (or removes them with `--socket-lb false`) and applies
-    /// `--xdp-mode off` to links a previous agent left.
+    /// Checks the flags ([`NodeAttachOptions::check`]), then attaches the socket programs
+    /// (or removes them with `--socket-lb false`) and applies `--xdp-mode off` to links a
+    /// previous agent left.
     pub fn start(
         ebpf: &mut Ebpf,
         links_dir: &Path,
         options: NodeAttachOptions,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, AttachError> {
-        if let Some(name) = &options.uplink {
-            uplink::resolve(Some(name), &[])?;
-        }
+        options.check()?;
         let mut this = Self {
             tc: UplinkTc::new(links_dir)?,
             xdp: UplinkXdp::new(links_dir, options.xdp_mode)?,
