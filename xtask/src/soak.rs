@@ -252,8 +252,7 @@ fn sample(lab: &Lab, node: &str) -> Result<Sample> {
         .1
         .split_whitespace()
         .collect();
-    // SAFETY: sysconf reads a constant of the system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = crate::bench::traffic::clock_ticks() as f64;
     let cpu_s = (fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / ticks;
     let metrics = scrape(&format!("lbk-{node}"))?;
     let value = |name: &str, label: Option<&str>| -> f64 {

@@ -20,7 +20,7 @@ mod report;
 mod results;
 mod rule_apply;
 mod stats;
-mod traffic;
+pub(crate) mod traffic;
 
 use anyhow::Result;
 

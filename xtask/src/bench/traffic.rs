@@ -586,7 +586,7 @@ fn cpu_ticks() -> Result<u64> {
     Ok(f[2] + f[5] + f[6])
 }
 
-fn clock_ticks() -> i64 {
+pub(crate) fn clock_ticks() -> i64 {
     use nix::unistd::{sysconf, SysconfVar};
     // 100 on every Linux configuration; sysconf cannot fail for this name.
     sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100)
