@@ -289,6 +289,19 @@ fn scrape(ns: &str) -> Result<String> {
     })?
 }
 
+/// ` (2× connect: Connection refused, ...)`, or nothing without failures.
+fn causes(report: &LoadReport) -> String {
+    if report.failures.is_empty() {
+        return String::new();
+    }
+    let causes: Vec<String> = report
+        .failures
+        .iter()
+        .map(|(cause, n)| format!("{n}× {cause}"))
+        .collect();
+    format!(" ({})", causes.join(", "))
+}
+
 fn write_report(
     dir: &std::path::Path,
     samples: &[Sample],
@@ -322,7 +335,7 @@ fn write_report(
         elapsed.as_secs_f64() / 60.0
     );
     md.push_str(
-        "| path | connections ok | failed | p99 | took ≥ 500 ms |\n|---|---|---|---|---|\n",
+        "| path | connections ok | failed (by cause) | p99 | took ≥ 500 ms |\n|---|---|---|---|---|\n",
     );
     let mut paths: Vec<&str> = reports.iter().map(|(w, _)| *w).collect();
     paths.dedup();
@@ -335,9 +348,10 @@ fn write_report(
         }
         writeln!(
             md,
-            "| {path} | {} | {} | {:.1?} | {} |",
+            "| {path} | {} | {}{} | {:.1?} | {} |",
             total.ok,
             total.failed(),
+            causes(&total),
             total.percentile(0.99),
             total.slow
         )?;
