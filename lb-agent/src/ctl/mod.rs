@@ -19,6 +19,7 @@ pub mod output;
 pub mod parity;
 pub mod pinned;
 pub mod services;
+pub mod skipped;
 pub mod snapshot;
 pub mod stats;
 pub mod table;
