@@ -15,6 +15,7 @@
 #[cfg(test)]
 mod bench;
 mod heap;
+mod skipped;
 #[cfg(test)]
 mod tests;
 
@@ -36,12 +37,13 @@ use crate::{
     model::{
         health_check,
         node::{NodeInfo, NodeOverrides, ThisNode},
-        service_frontends, DesiredFrontend, DesiredIndex, HealthCheck, ObjectId, Parsed, Skipped,
+        service_frontends, DesiredFrontend, DesiredIndex, HealthCheck, ObjectId, ObjectKind,
+        Parsed, Skipped,
     },
     serve::{
         health::Health,
         metrics::{Metrics, SkipLabels},
-        report::{self, AttachmentsReport, NodeReport, State, STATE_VERSION},
+        report::{self, AttachmentsReport, NodeReport, SkippedReport, State, STATE_VERSION},
     },
     source::{Change, EventReceiver, Snapshot, SourceEvent, Update},
     store::Store,
@@ -111,6 +113,8 @@ pub struct Pipeline<M> {
     node_tx: watch::Sender<ThisNode>,
     /// Where the node-side programs are attached, for `/state`.
     attachments: watch::Receiver<AttachmentsReport>,
+    /// What is left out now, for `/state`.
+    skips: skipped::SkipRecord,
 }
 
 impl<M: DatapathMaps> Pipeline<M> {
@@ -145,6 +149,7 @@ impl<M: DatapathMaps> Pipeline<M> {
             health_checks: watch::Sender::new(HealthChecks::new()),
             node_tx,
             attachments: watch::channel(AttachmentsReport::default()).1,
+            skips: skipped::SkipRecord::default(),
         }
     }
 
@@ -239,7 +244,7 @@ impl<M: DatapathMaps> Pipeline<M> {
     fn apply_services(&mut self, change: Change<crate::model::ServiceInfo>, at: Pending) {
         match change {
             Change::Replace(items) => {
-                let values = self.take_values(items);
+                let values = self.take_values(ObjectKind::Service, items);
                 let changed = self.store.replace_services(values);
                 for id in changed {
                     self.touch(id, at);
@@ -249,6 +254,8 @@ impl<M: DatapathMaps> Pipeline<M> {
             }
             Change::Apply(parsed) => {
                 self.note(&parsed.skipped);
+                self.skips
+                    .read(ObjectKind::Service, parsed.id.as_ref(), &parsed.skipped);
                 if let Some(id) = parsed.id {
                     if self.store.apply_service(&id, parsed.value) {
                         self.touch(id, at);
@@ -256,6 +263,7 @@ impl<M: DatapathMaps> Pipeline<M> {
                 }
             }
             Change::Delete(id) => {
+                self.skips.deleted(ObjectKind::Service, &id);
                 if self.store.apply_service(&id, None) {
                     self.touch(id, at);
                 }
@@ -266,19 +274,27 @@ impl<M: DatapathMaps> Pipeline<M> {
     fn apply_slices(&mut self, change: Change<crate::model::SliceInfo>, at: Pending) {
         let touched = match change {
             Change::Replace(items) => {
-                let values = self.take_values(items);
+                let values = self.take_values(ObjectKind::EndpointSlice, items);
                 self.listed.slices = true;
                 self.request_full_resync();
                 self.store.replace_slices(values)
             }
             Change::Apply(parsed) => {
                 self.note(&parsed.skipped);
+                self.skips.read(
+                    ObjectKind::EndpointSlice,
+                    parsed.id.as_ref(),
+                    &parsed.skipped,
+                );
                 match parsed.id {
                     Some(id) => self.store.apply_slice(&id, parsed.value),
                     None => Default::default(),
                 }
             }
-            Change::Delete(id) => self.store.apply_slice(&id, None),
+            Change::Delete(id) => {
+                self.skips.deleted(ObjectKind::EndpointSlice, &id);
+                self.store.apply_slice(&id, None)
+            }
         };
         for (service, trigger) in touched {
             self.touch(service, Pending { trigger, ..at });
@@ -289,8 +305,11 @@ impl<M: DatapathMaps> Pipeline<M> {
         match change {
             Change::Replace(mut items) => {
                 let found = items.pop();
+                self.skips.relisted(ObjectKind::Node);
                 if let Some(parsed) = &found {
                     self.note(&parsed.skipped);
+                    self.skips
+                        .read(ObjectKind::Node, parsed.id.as_ref(), &parsed.skipped);
                 }
                 match found.and_then(|p| p.value) {
                     Some(info) => self.api_node = Some(info),
@@ -342,11 +361,14 @@ impl<M: DatapathMaps> Pipeline<M> {
         }
     }
 
-    fn take_values<T>(&self, items: Vec<Parsed<T>>) -> Vec<T> {
+    /// The values of a relist of `kind`, noting and recording what each left out.
+    fn take_values<T>(&mut self, kind: ObjectKind, items: Vec<Parsed<T>>) -> Vec<T> {
+        self.skips.relisted(kind);
         items
             .into_iter()
             .filter_map(|p| {
                 self.note(&p.skipped);
+                self.skips.read(kind, p.id.as_ref(), &p.skipped);
                 p.value
             })
             .collect()
@@ -421,9 +443,11 @@ impl<M: DatapathMaps> Pipeline<M> {
         let mut index = DesiredIndex::default();
         let mut notes = Vec::new();
         let mut checks = HealthChecks::new();
+        self.skips.clear_frontends();
         for svc in self.store.services() {
             let slices = self.store.slices_of(&svc.id);
             let (frontends, n) = service_frontends(svc, &slices, &self.node);
+            self.skips.frontends(&svc.id, Some(&n));
             notes.extend(n);
             index.set_service(&svc.id, frontends);
             if let Some(check) = health_check(svc, &slices) {
@@ -453,11 +477,13 @@ impl<M: DatapathMaps> Pipeline<M> {
                 Some(svc) => {
                     let slices = self.store.slices_of(id);
                     let (frontends, n) = service_frontends(svc, &slices, &self.node);
+                    self.skips.frontends(id, Some(&n));
                     notes.extend(n);
                     keys.extend(self.index.set_service(id, frontends));
                     checks.push((id.clone(), health_check(svc, &slices)));
                 }
                 None => {
+                    self.skips.frontends(id, None);
                     keys.extend(self.index.remove_service(id));
                     checks.push((id.clone(), None));
                 }
@@ -542,6 +568,12 @@ impl<M: DatapathMaps> Pipeline<M> {
                 })
                 .collect(),
             attachments: self.attachments.borrow().clone(),
+            skipped: self
+                .skips
+                .all(self.index.conflicts())
+                .iter()
+                .map(SkippedReport::from)
+                .collect(),
         }
     }
 }

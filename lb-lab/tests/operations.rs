@@ -1,7 +1,9 @@
 //! What an operator sees, in the lab with agents on the kube source: bad objects from the API
 //! are skipped and counted while everything else keeps being served, /healthz answers as
 //! kube-proxy's does, and `lbctl` reads the same state the agent wants (`lbctl diff` finds no
-//! difference against the real agent).
+//! difference against the real agent); `lbctl services` groups an externalTrafficPolicy=Local
+//! NodePort's frontends into one port with one backend set, filters with `--service`, and
+//! `--skipped` lists the bad objects with the agent's reasons.
 
 use std::{
     io::{Read, Write},
@@ -151,9 +153,151 @@ fn bad_objects_are_skipped_and_counted_and_lbctl_agrees_with_the_agent() {
 
     let services = lbctl(&["services"]);
     let out = String::from_utf8_lossy(&services.stdout);
-    assert!(out.contains("default/ops-good:http"), "{out}");
+    assert!(out.contains("default/ops-good\n  port http\n"), "{out}");
     assert!(
         !out.contains("bad-ip") && !out.contains("bad-port"),
         "{out}"
     );
+
+    // An externalTrafficPolicy=Local NodePort with its endpoints on worker: a ClusterIP and,
+    // per node address and 127.0.0.1, a NodePort with its internal twin, all one port of
+    // one service with one backend set.
+    lab.apply_yaml("ops-local", OPS_LOCAL).unwrap();
+    let mut grouped = serde_json::Value::Null;
+    eventually("ops-local programmed with its endpoints", || {
+        let run = lbctl(&["services", "--service", "default/ops-local", "-o", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&run.stdout).map_err(|e| format!("{e}: {run:?}"))?;
+        let port = &v["services"][0]["ports"][0];
+        let frontends = port["frontends"].as_array().map_or(0, Vec::len);
+        let backends = port["backend_sets"][0]["backends"]
+            .as_array()
+            .map_or(0, Vec::len);
+        grouped = v.clone();
+        (frontends >= 5 && backends > 0)
+            .then_some(())
+            .ok_or(format!("{frontends} frontends, {backends} backends: {v}"))
+    });
+    assert_eq!(
+        grouped["services"].as_array().map(Vec::len),
+        Some(1),
+        "{grouped}"
+    );
+    let port = &grouped["services"][0]["ports"][0];
+    assert_eq!(grouped["services"][0]["service"], "default/ops-local");
+    assert_eq!(port["port"], "http");
+    assert_eq!(
+        port["backend_sets"].as_array().map(Vec::len),
+        Some(1),
+        "one backend set: {port}"
+    );
+    let frontends = port["frontends"].as_array().expect("frontends");
+    let ids: std::collections::BTreeSet<u64> = frontends
+        .iter()
+        .filter_map(|f| f["service_id"].as_u64())
+        .collect();
+    assert_eq!(ids.len(), frontends.len(), "one service id per frontend");
+    let has = |kind: &str, scope: &str, flag: Option<&str>| {
+        frontends.iter().any(|f| {
+            f["type"][0] == kind
+                && f["scope"] == scope
+                && flag.is_none_or(|fl| {
+                    f["flags"]
+                        .as_array()
+                        .expect("flags")
+                        .iter()
+                        .any(|x| x == fl)
+                })
+        })
+    };
+    assert!(has("ClusterIP", "external", None), "{port}");
+    assert!(has("NodePort", "external", Some("ExternalLocal")), "{port}");
+    assert!(has("NodePort", "internal", None), "{port}");
+    for b in port["backend_sets"][0]["backends"]
+        .as_array()
+        .expect("backends")
+    {
+        assert_eq!(b["state"], "ready", "{b}");
+        assert!(
+            b["flags"]
+                .as_array()
+                .expect("flags")
+                .iter()
+                .any(|f| f == "local"),
+            "{b}"
+        );
+    }
+    let run = lbctl(&["services", "--service", "default/ops-local"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    println!("lbctl services --service default/ops-local:\n{out}");
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(out.matches("default/ops-local").count(), 1, "{out}");
+    assert_eq!(out.matches("  port http\n").count(), 1, "{out}");
+    assert!(
+        out.contains("    Backends #1:\n") && !out.contains("Backends #2"),
+        "{out}"
+    );
+    assert!(!out.contains("ops-good"), "{out}");
+    let wide = lbctl(&["services", "--service", "default/ops-local", "-o", "wide"]);
+    assert!(
+        String::from_utf8_lossy(&wide.stdout).contains("SERVICE-ID"),
+        "{wide:?}"
+    );
+
+    let run = lbctl(&["services", "--service", "default/ops-nope"]);
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("no service default/ops-nope"),
+        "{run:?}"
+    );
+
+    // What is not programmed, with the model's reasons, from the agent's /state.
+    let run = lbctl(&["services", "--skipped"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    println!("lbctl services --skipped:\n{out}");
+    assert!(run.status.success(), "{run:?}");
+    let line = |object: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{object}  ")))
+            .unwrap_or_else(|| panic!("{object} not listed:\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        line("Service default/bad-ip").contains("bad_address"),
+        "{out}"
+    );
+    assert!(
+        line("Service default/bad-port port http").contains("port 70000 is outside 1..=65535"),
+        "{out}"
+    );
+    let run = lbctl(&[
+        "services",
+        "--skipped",
+        "--service",
+        "default/bad-port",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).expect("--skipped -o json");
+    let skipped = v["skipped"].as_array().expect("skipped");
+    assert!(!skipped.is_empty(), "{v}");
+    assert!(
+        skipped.iter().all(|s| s["object"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("Service default/bad-port"))),
+        "{v}"
+    );
+    assert_eq!(skipped[0]["reason"], "bad_port", "{v}");
+    assert_eq!(v["node"], "worker");
 }
+
+const OPS_LOCAL: &str = "apiVersion: v1
+kind: Service
+metadata: {name: ops-local, namespace: default}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  clusterIP: 10.96.3.3
+  selector: {app: echo, node: worker}
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30333}]
+";

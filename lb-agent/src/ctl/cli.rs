@@ -16,10 +16,11 @@ use super::{
     dump::{self, Section},
     map_id::MapId,
     monotonic_ns,
-    output::{json, Format},
+    output::{json, Format, ViewFormat},
     parity::{self, ParseError, Source},
     pinned::{self, ConntrackMap, PinnedError},
-    services, stats,
+    services::{self, ServiceFilter, ServicesError},
+    skipped, stats,
 };
 use crate::datapath::privilege::{self, PrivilegeError};
 
@@ -52,10 +53,24 @@ pub enum Command {
         #[command(subcommand)]
         command: MapsCommand,
     },
-    /// Each service with its frontends and its backends' packets and bytes.
+    /// Each service by namespace/name and port: its frontends, one row each, and each
+    /// distinct backend set once, with the backends' packets and bytes.
     Services {
+        /// Only this service (namespace/name) or service port (namespace/name:port).
+        #[arg(long, value_name = "NS/NAME[:PORT]")]
+        service: Option<ServiceFilter>,
+        /// What the agent left out and why, from its state endpoint (--agent) rather than
+        /// the maps.
+        #[arg(long)]
+        skipped: bool,
+        /// The agent's state endpoint, for --skipped.
+        #[arg(long, default_value = desired::DEFAULT_URL, requires = "skipped")]
+        agent: String,
+        /// Seconds to wait for the agent, for --skipped.
+        #[arg(long, default_value_t = 5, requires = "skipped")]
+        timeout: u64,
         #[arg(short, long, value_enum, default_value_t)]
-        output: Format,
+        output: ViewFormat,
     },
     /// Tracked connections.
     Conntrack {
@@ -156,6 +171,8 @@ pub enum CtlError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Services(#[from] ServicesError),
     #[error("encoding JSON failed")]
     Json(#[from] serde_json::Error),
     #[error("cannot read {}", .path.display())]
@@ -216,16 +233,42 @@ pub fn run(args: Args) -> Result<Outcome, CtlError> {
             }
             .into()
         }
-        Command::Services { output } => {
+        Command::Services {
+            service,
+            skipped: false,
+            output,
+            ..
+        } => {
             let snapshot = pinned::read(dir, &services::MAPS)?;
             pinned::require(
                 &snapshot,
                 &[MapId::Frontends, MapId::Slots, MapId::Backends],
             )?;
-            let view = services::view(&snapshot);
+            let mut view = services::view(&snapshot);
+            if let Some(filter) = &service {
+                view = view.filtered(filter)?;
+            }
             match output {
-                Format::Table => services::render(&view),
-                Format::Json => json(&view)?,
+                ViewFormat::Table => services::render(&view, false),
+                ViewFormat::Wide => services::render(&view, true),
+                ViewFormat::Json => json(&view)?,
+            }
+            .into()
+        }
+        Command::Services {
+            service,
+            skipped: true,
+            agent,
+            timeout,
+            output,
+        } => {
+            // What is not programmed is not in the maps: only the agent knows.
+            let state = desired::fetch(&agent, Duration::from_secs(timeout))?;
+            let view = skipped::view(&state, service.as_ref());
+            match output {
+                ViewFormat::Table => skipped::render(&view, false),
+                ViewFormat::Wide => skipped::render(&view, true),
+                ViewFormat::Json => json(&view)?,
             }
             .into()
         }

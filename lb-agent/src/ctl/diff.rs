@@ -594,6 +594,7 @@ pub fn state_of(snapshot: &Snapshot) -> State {
         services: frontends.len(),
         frontends,
         attachments: Default::default(),
+        skipped: Vec::new(),
     }
 }
 

@@ -206,3 +206,63 @@ pub fn sample() -> Snapshot {
         unavailable: Vec::new(),
     }
 }
+
+/// `shop/web:http` added to `snapshot`: a LoadBalancer with externalTrafficPolicy=Local and
+/// source ranges, programmed as the agent programs it on a node with two addresses
+/// (172.18.0.3, 10.0.0.3): the ClusterIP, and the LB IP, an external IP and a NodePort per
+/// node address and 127.0.0.1, each external one with its internal-scope twin: eleven
+/// frontends, each under its own service id (100..=110), all with the one endpoint, which
+/// is local.
+pub fn with_local_load_balancer(mut snapshot: Snapshot) -> Snapshot {
+    use lb_common::frontend::{flags, scope};
+    use std::net::Ipv4Addr;
+    let web = backend([10, 244, 1, 7], 8080, proto::TCP, backend::flags::LOCAL);
+    snapshot.backends.insert(20, web);
+    let mut id = 100;
+    let mut add = |s: &mut Snapshot, addr: Ipv4Addr, port: u16, kind: u16, internal: bool| {
+        let mut key = FrontendKey::new(addr, port, proto::TCP);
+        let mut f = kind;
+        if kind != flags::CLUSTER_IP {
+            f |= if internal { 0 } else { flags::EXTERNAL_LOCAL };
+        }
+        if kind == flags::LOAD_BALANCER {
+            f |= flags::SOURCE_RANGES;
+            let range = lb_common::SourceRange::range(id, [172, 18, 0, 0].into(), 16);
+            s.source_ranges.insert(range);
+        }
+        if internal {
+            key.scope = scope::INTERNAL;
+        }
+        s.frontends.insert(
+            key,
+            Frontend {
+                service_id: id,
+                backend_count: 1,
+                flags: f,
+                ..Default::default()
+            },
+        );
+        s.slots.insert(slot(id, 1), 20);
+        s.service_names.insert(id, "shop/web:http".to_owned());
+        id += 1;
+    };
+    add(
+        &mut snapshot,
+        [10, 96, 0, 80].into(),
+        80,
+        flags::CLUSTER_IP,
+        false,
+    );
+    let external: [(Ipv4Addr, u16, u16); 5] = [
+        ([172, 18, 255, 10].into(), 80, flags::LOAD_BALANCER),
+        ([192, 0, 2, 10].into(), 80, flags::EXTERNAL_IP),
+        ([172, 18, 0, 3].into(), 30080, flags::NODE_PORT),
+        ([10, 0, 0, 3].into(), 30080, flags::NODE_PORT),
+        (Ipv4Addr::LOCALHOST, 30080, flags::NODE_PORT),
+    ];
+    for (addr, port, kind) in external {
+        add(&mut snapshot, addr, port, kind, false);
+        add(&mut snapshot, addr, port, kind, true);
+    }
+    snapshot
+}

@@ -271,7 +271,7 @@ fn a_missing_map_is_named_and_the_others_are_shown() {
 
     let services = ok(pins.path(), &["services"]);
     assert!(
-        services.starts_with("svc#1  (no name recorded)\n"),
+        services.starts_with("(no name recorded)\n  port svc#1\n"),
         "{services}"
     );
     assert!(
@@ -310,10 +310,13 @@ fn services_show_each_backend_s_traffic() {
     let out = ok(pins.path(), &["services"]);
     assert_eq!(
         out,
-        super::services::render(&super::services::view(&sample()))
+        super::services::render(&super::services::view(&sample()), false)
     );
     let v = json(pins.path(), &["services", "-o", "json"]);
-    assert_eq!(v["services"][0]["backends"][0]["packets"], 12);
+    assert_eq!(
+        v["services"][0]["ports"][0]["backend_sets"][0]["backends"][0]["packets"],
+        12
+    );
 }
 
 #[test]

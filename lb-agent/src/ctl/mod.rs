@@ -3,8 +3,9 @@
 //!
 //! [`pinned`] reads the maps into a [`snapshot::Snapshot`]; [`dump`], [`services`],
 //! [`conntrack`], [`stats`] and [`diff`] turn it into views, each printable as a table or as
-//! JSON ([`output`]); [`parity`] compares it with kube-proxy's ruleset; [`cli`] wires them
-//! to the command line.
+//! JSON ([`output`]); [`skipped`] shows what the agent left out (from its `/state`, as
+//! [`diff`] reads it); [`parity`] compares the maps with kube-proxy's ruleset; [`cli`] wires
+//! them to the command line.
 
 pub mod attachments;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod output;
 pub mod parity;
 pub mod pinned;
 pub mod services;
+pub mod skipped;
 pub mod snapshot;
 pub mod stats;
 pub mod table;

@@ -761,3 +761,69 @@ async fn run_ends_with_an_error_when_the_source_stops() {
     .await;
     assert!(matches!(result, Err(PipelineError::SourceStopped)));
 }
+
+#[test]
+fn the_state_report_lists_what_is_left_out_until_it_is_fixed_or_gone() {
+    let mut p = synced_three();
+    let objects = |p: &Pipeline<MemoryMaps>| -> Vec<(String, String)> {
+        p.state()
+            .skipped
+            .into_iter()
+            .map(|s| (s.object, s.reason))
+            .collect()
+    };
+    assert_eq!(objects(&p), []);
+    let mut bad = svc("a", 1, "TCP");
+    if let Some(spec) = bad.spec.as_mut() {
+        spec.cluster_ip = Some("10.96.0.300".into());
+        spec.cluster_ips = Some(vec!["10.96.0.300".into()]);
+    }
+    p.apply(apply_service(&bad));
+    // d claims c's address: the loser is reported after the sync.
+    p.apply(apply_service(&svc("d", 3, "TCP")));
+    p.apply(apply_slice(&eps(
+        "a-1",
+        "a",
+        "TCP",
+        &["10.244.1.1", "not-an-ip"],
+    )));
+    p.sync().expect("sync");
+    let state = p.state();
+    let bad_port = state
+        .skipped
+        .iter()
+        .find(|s| s.object == "Service shop/a")
+        .expect("shop/a reported");
+    assert_eq!(bad_port.kind, "Service");
+    assert_eq!(
+        bad_port.message,
+        "spec.clusterIP \"10.96.0.300\" is not an IP address"
+    );
+    assert!(!bad_port.by_design);
+    assert_eq!(
+        objects(&p),
+        [
+            (
+                "EndpointSlice shop/a-1 endpoint 2".into(),
+                "bad_address".into()
+            ),
+            ("Service shop/a".into(), "bad_address".into()),
+            ("Service shop/d port p".into(), "duplicate_frontend".into()),
+        ]
+    );
+
+    // Fixed, deleted, relisted: each takes its entry away.
+    p.apply(apply_service(&svc("a", 1, "TCP")));
+    p.apply(delete_service("d"));
+    p.sync().expect("sync");
+    assert_eq!(
+        objects(&p),
+        [(
+            "EndpointSlice shop/a-1 endpoint 2".into(),
+            "bad_address".into()
+        )]
+    );
+    p.apply(list_slices(&[eps("a-1", "a", "TCP", &["10.244.1.1"])]));
+    p.sync().expect("sync");
+    assert_eq!(objects(&p), []);
+}

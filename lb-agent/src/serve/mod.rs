@@ -4,6 +4,8 @@
 //! [`metrics`] (the datapath's own counters read at scrape time, [`datapath_stats`]) and
 //! the desired state as [`report`]ed for `lbctl diff`.
 
+#[cfg(test)]
+mod dashboard_tests;
 pub mod datapath_stats;
 pub mod health;
 pub mod health_check_ports;

@@ -39,6 +39,12 @@
 //!   prefixes LB_SRC_RANGES holds under the frontend's service id.
 //! - `attachments`: `{"uplink": "eth0", "xdpMode": "native", "socketLbCgroup":
 //!   "/sys/fs/cgroup"}`; `xdpMode` is `native`, `generic`, `off` or `none`.
+//! - `skipped`: what the agent leaves out now, and why, sorted by object:
+//!   `[{"object": "Service shop/web port huge", "kind": "Service", "reason": "bad_port",
+//!   "message": "port 70000 is outside 1..=65535", "byDesign": false}]`. `object` names the
+//!   object or the part of it (a port, an endpoint); `reason` is
+//!   [`crate::model::SkipReason::label`] (the `reason` label of `lb_invalid_objects_total`,
+//!   which counts the ones not `byDesign`). Absent from older agents.
 //!
 //! New fields may be added without changing `version`; readers must ignore unknown fields.
 
@@ -47,7 +53,7 @@ use std::net::Ipv4Addr;
 use lb_common::{backend, frontend, proto, FrontendKey};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{node::ThisNode, DesiredFrontend, FrontendKind};
+use crate::model::{node::ThisNode, DesiredFrontend, FrontendKind, Skipped};
 
 /// [`State::version`] of this schema.
 pub const STATE_VERSION: u32 = 1;
@@ -64,6 +70,38 @@ pub struct State {
     /// Where the node-side programs are attached (absent from older agents).
     #[serde(default)]
     pub attachments: AttachmentsReport,
+    /// What the agent leaves out, and why (absent from older agents).
+    #[serde(default)]
+    pub skipped: Vec<SkippedReport>,
+}
+
+/// An object, or part of one, that the agent does not program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedReport {
+    /// e.g. `Service shop/web port http`, `EndpointSlice shop/web-abc endpoint 3`.
+    pub object: String,
+    /// `Service`, `EndpointSlice` or `Node`.
+    pub kind: String,
+    /// [`crate::model::SkipReason::label`].
+    pub reason: String,
+    /// The reason in words.
+    pub message: String,
+    /// Left out by design (another proxy's, headless, a family not served) rather than
+    /// invalid.
+    pub by_design: bool,
+}
+
+impl From<&Skipped> for SkippedReport {
+    fn from(s: &Skipped) -> Self {
+        Self {
+            object: s.object.clone(),
+            kind: s.kind.name().to_owned(),
+            reason: s.reason.label().to_owned(),
+            message: s.reason.to_string(),
+            by_design: s.reason.is_by_design(),
+        }
+    }
 }
 
 /// The uplink, XDP and socket-level attachments of the agent.
@@ -299,6 +337,11 @@ mod tests {
                 xdp_mode: "native".into(),
                 socket_lb_cgroup: None,
             },
+            skipped: vec![SkippedReport::from(&Skipped {
+                object: "Service shop/web port huge".into(),
+                kind: crate::model::ObjectKind::Service,
+                reason: crate::model::SkipReason::BadPort(70000),
+            })],
         };
         let json: serde_json::Value = serde_json::to_value(&state).expect("serialize");
         let expected = serde_json::json!({
@@ -317,7 +360,10 @@ mod tests {
                 "backends": [{"address": "10.244.1.2", "port": 8080, "protocol": "TCP",
                               "flags": 2, "terminating": false, "local": true}]
             }],
-            "attachments": {"uplink": "eth0", "xdpMode": "native"}
+            "attachments": {"uplink": "eth0", "xdpMode": "native"},
+            "skipped": [{"object": "Service shop/web port huge", "kind": "Service",
+                         "reason": "bad_port", "message": "port 70000 is outside 1..=65535",
+                         "byDesign": false}]
         });
         assert_eq!(json, expected);
         let back: State = serde_json::from_value(json).expect("deserialize");
@@ -335,5 +381,6 @@ mod tests {
             "somethingNew": [1, 2]}"#;
         let state: State = serde_json::from_str(json).expect("deserialize");
         assert!(state.frontends.is_empty() && state.node.zone.is_none());
+        assert!(state.skipped.is_empty());
     }
 }

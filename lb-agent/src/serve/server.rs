@@ -254,6 +254,7 @@ mod tests {
                 services: 0,
                 frontends: vec![],
                 attachments: Default::default(),
+                skipped: vec![],
             });
         });
         let r = routes.respond(&Method::GET, "/state").await;
